@@ -1,0 +1,193 @@
+"""The ``mempool`` command: Typer in front, Hydra's own runner behind ``train``; known errors become one line."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import hydra
+import typer
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+
+from mempool_cli.config import register_configs
+from mempool_cli.errors import MempoolError
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    help="Graph classification with memory-based pooling (MemPooling) on TU benchmarks.\n\n"
+    "Examples:\n\n"
+    "  mempool train dataset=MUTAG\n\n"
+    "  mempool eval runs/MUTAG/<time>/checkpoint.pt\n\n"
+    "  mempool train -m model.memory.tau=0.5,1,2\n\n"
+    "  mempool summarize multirun/<time>",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+TRAIN_HELP = """Train a model; every argument is a Hydra override.
+
+Examples:
+
+  mempool train dataset=ENZYMES model.encoder=gin model.hidden=64 'model.memory.clusters=[10,1]'
+
+  mempool train dataset=MUTAG train.epochs=50 seed=3
+
+  mempool train -m model.memory.tau=0.5,1,2          (a sweep: one job per value)
+
+  mempool train dataset=PROTEINS protocol=kfold      (stratified 10-fold cross-validation)
+
+  mempool train --cfg job dataset=MUTAG              (print the composed config and stop)
+
+  mempool train train.resume=runs/MUTAG/<time>/last.pt
+
+Hydra's own flags work as in any Hydra app: -m/--multirun, --cfg job|hydra|all, --info, --hydra-help.
+Offline data: MEMPOOL_DATA_SOURCE=<folder with NAME/raw/> copies raw files into the cache
+(MEMPOOL_DATA_ROOT, default ~/.cache/mempool/TUDataset) instead of downloading."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line; Hydra and OmegaConf spread theirs (and their causes) over several."""
+    if isinstance(exc, MissingConfigException) and exc.options:
+        first = str(exc).splitlines()[0].removeprefix("In 'config': ")
+        return f"{first}; choose one of: {', '.join(exc.options)}"
+    messages = [str(exc)]
+    if not isinstance(exc, MempoolError) and exc.__cause__ is not None and str(exc.__cause__) not in messages[0]:
+        messages.append(str(exc.__cause__))
+    lines = [line.strip() for text in messages for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("object_type=", "reference_type=", "Set the environment variable"))]
+    return "; ".join(lines) or type(exc).__name__
+
+
+def _report(exc: BaseException) -> int:
+    """Print the one-line message of ``exc`` on stderr; returns the exit code."""
+    known = isinstance(exc, (MempoolError, HydraException, OmegaConfBaseException))
+    prefix = "error" if known else f"unexpected error ({type(exc).__name__}, rerun with --debug for the traceback)"
+    err_console.print(f"{prefix}: {one_line(exc)}", markup=False)
+    return 2 if known else 1
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        raise exc
+    raise typer.Exit(_report(exc))
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """Remove a failed run's directory when it holds only what Hydra and the start of a run wrote."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", "config.yaml"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+register_configs()
+_debug = False  # set by `train --debug`: errors inside the Hydra job keep their traceback
+
+
+@hydra.main(version_base="1.3", config_path="pkg://mempool_cli.configs", config_name="config")
+def hydra_train(cfg: DictConfig) -> float:
+    """Hydra's task function: one job of a run or a sweep. Returns the validation accuracy (for sweepers)."""
+    from mempool_cli.config import validate
+    from mempool_cli.progress import make_reporter
+    from mempool_cli.report import metrics_table
+    from mempool_cli.run import train
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
+    try:
+        validate(cfg)
+        console.print(f"[bold]mempool[/] {cfg.dataset.name} -> {run_dir}", highlight=False)
+        metrics = train(cfg, run_dir, make_reporter(console, cfg.train.progress))
+    except MempoolError as exc:
+        if _debug or hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # a sweep names the failing job's overrides
+        _remove_if_empty(Path(run_dir))
+        raise SystemExit(_report(exc)) from None
+    console.print(metrics_table(metrics, title=f"{cfg.dataset.name} metrics"))
+    return metrics["val_acc"]
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, help=TRAIN_HELP)
+def train(
+    ctx: typer.Context,
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+) -> None:
+    global _debug
+    _debug = debug = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we report in one line below
+    sys.argv = ["mempool train", *ctx.args]
+    try:
+        hydra_train()
+    except Exception as exc:  # noqa: BLE001 - every failure gets one line unless --debug
+        _fail(exc, debug)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="checkpoint.pt (or last.pt) written by `mempool train`."),
+    split: str = typer.Option("test", "--split", help="test | val | train: which stored split to evaluate."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset cache (default: the training one)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+) -> None:
+    """Evaluate a checkpoint on its stored split, rebuilding the model from the file alone.
+
+    Example: mempool eval runs/MUTAG/<time>/checkpoint.pt --split test --json
+    """
+    from mempool_cli.evaluation import evaluate_checkpoint
+    from mempool_cli.report import eval_tables
+
+    try:
+        if split not in ("test", "val", "train"):
+            raise MempoolError(f"--split: unknown value {split!r}; choose one of: test, val, train")
+        result = evaluate_checkpoint(checkpoint, split, root=data_root, device=device)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        for table in eval_tables(result):
+            console.print(table)
+
+
+@app.command()
+def summarize(
+    path: Path = typer.Argument(..., help="A sweep directory (multirun/<time>) or a k-fold run directory."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+) -> None:
+    """Summarise a finished or interrupted sweep or k-fold run (reads files only).
+
+    Example: mempool summarize multirun/2026-11-23_10-00-00-000000
+    """
+    from mempool_cli.report import metrics_table, rows_table
+    from mempool_cli.sweep import FOLD_COLUMNS, SWEEP_COLUMNS, collect, fold_summary, write_sweep_summary
+
+    try:
+        kind, rows = collect(path)
+        if kind == "sweep":
+            write_sweep_summary(path)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    if kind == "kfold":
+        console.print(rows_table(rows, FOLD_COLUMNS, title=f"k-fold run {path}"))
+        summary = fold_summary(rows)
+        if summary:
+            console.print(metrics_table(summary, title="mean +- std over finished folds"))
+    else:
+        console.print(rows_table(rows, SWEEP_COLUMNS, title=f"sweep {path} (best validation first)"))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,4 @@
+"""Layers."""
+from mempool_cli.nn.mem_pool import MemPooling
+
+__all__ = ["MemPooling"]

@@ -1,0 +1,52 @@
+"""Rich tables for runs, evaluations, folds and sweeps."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from rich.table import Table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table:
+    """Two columns: metric and value."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if not isinstance(value, (list, dict)):
+            table.add_row(key, _fmt(value))
+    return table
+
+
+def eval_tables(result: dict[str, Any]) -> list[Table]:
+    """Accuracy, per-class precision/recall and the confusion matrix of an evaluation."""
+    summary = metrics_table({k: result[k] for k in ("dataset", "split", "num_graphs", "epoch", "accuracy", "loss",
+                                                     "recorded_accuracy")}, title="evaluation")
+    per_class = Table(title="per class")
+    for column in ("class", "precision", "recall", "support"):
+        per_class.add_column(column, justify="right")
+    for row in result["per_class"]:
+        per_class.add_row(*(_fmt(row[c]) for c in ("class", "precision", "recall", "support")))
+    confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
+    confusion.add_column("")
+    matrix = result["confusion_matrix"]
+    for c in range(len(matrix)):
+        confusion.add_column(str(c), justify="right")
+    for c, row in enumerate(matrix):
+        confusion.add_row(str(c), *(str(v) for v in row))
+    return [summary, per_class, confusion]
+
+
+def rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str) -> Table:
+    """One row per result (job or fold) with the given columns."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("job", "overrides", "status") else "right")
+    for row in rows:
+        table.add_row(*(_fmt(row.get(column, "")) for column in columns))
+    return table

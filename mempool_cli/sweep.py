@@ -1,0 +1,120 @@
+"""Read-only summaries of finished or interrupted sweeps and k-fold runs, and the Hydra callback that writes them."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mempool_cli.errors import MempoolError
+from mempool_cli.run import summarize_folds
+
+log = logging.getLogger(__name__)
+
+SWEEP_COLUMNS = ("job", "overrides", "status", "val_acc", "test_acc", "best_epoch", "train_time_s")
+FOLD_COLUMNS = ("fold", "status", "val_acc", "test_acc", "best_epoch", "train_time_s")
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    jobs = [d for d in sweep_dir.iterdir() if d.is_dir() and (d / ".hydra" / "overrides.yaml").exists()]
+    return sorted(jobs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+
+
+def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job of a Hydra sweep: its overrides and metrics, best validation accuracy first."""
+    rows = []
+    for job in _job_dirs(sweep_dir):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        metrics = _read_json(job / "metrics.json")
+        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(overrides),
+                               "status": "done" if metrics else "unfinished"}
+        row.update(metrics or {})
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["status"] != "done", -r.get("val_acc", 0.0), r["job"]))
+
+
+def fold_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per fold of a k-fold run, finished or not."""
+    rows = []
+    folds = _read_json(run_dir / "folds.json")
+    count = len(folds["folds"]) if folds else len(list(run_dir.glob("fold_*")))
+    for i in range(count):
+        metrics = _read_json(run_dir / f"fold_{i}" / "metrics.json")
+        rows.append({"fold": i, "status": "done" if metrics else "unfinished", **(metrics or {})})
+    return rows
+
+
+def fold_summary(rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """Mean and standard deviation over the finished folds, or None when none has finished."""
+    done = [r for r in rows if r["status"] == "done"]
+    return {"finished": len(done), **summarize_folds(done)} if done else None
+
+
+def is_kfold_run(path: Path) -> bool:
+    return (path / "folds.json").exists() or any(path.glob("fold_*"))
+
+
+def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Write ``summary.csv`` and ``summary.md`` into the sweep directory; returns the rows."""
+    rows = sweep_rows(sweep_dir)
+    (sweep_dir / "summary.csv").write_text(to_csv(rows, SWEEP_COLUMNS))
+    (sweep_dir / "summary.md").write_text(to_markdown(rows, SWEEP_COLUMNS))
+    return rows
+
+
+def collect(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """What ``mempool summarize`` shows: ``("kfold", fold rows)`` or ``("sweep", job rows)``."""
+    if not path.is_dir():
+        raise MempoolError(f"not a directory: {path}")
+    if is_kfold_run(path):
+        return "kfold", fold_rows(path)
+    rows = sweep_rows(path)
+    if not rows:
+        raise MempoolError(f"{path} holds neither a sweep (job folders with .hydra/) nor a k-fold run (fold_*/)")
+    return "sweep", rows
+
+
+class SweepSummaryCallback(Callback):
+    """At the end of a multirun, write the sweep's summary files and show its table."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from rich.console import Console
+
+        from mempool_cli.report import rows_table
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_sweep_summary(sweep_dir)
+        Console().print(rows_table(rows, SWEEP_COLUMNS, title=f"sweep {sweep_dir} (best validation first)"))
+        log.info("sweep summary written to %s", sweep_dir / "summary.md")
