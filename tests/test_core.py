@@ -1,0 +1,124 @@
+"""Config validation, the model, the KL schedules, checkpoints and one in-process training run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from torch_geometric.data import Batch, Data
+
+from mempool_cli.checkpoint import load_checkpoint, save_checkpoint
+from mempool_cli.config import register_configs, validate
+from mempool_cli.engine import train_epoch
+from mempool_cli.errors import CheckpointError, ConfigError
+from mempool_cli.model import build_model
+from mempool_cli.run import train
+
+from conftest import TINY_ARGS
+
+register_configs()
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_module(config_module="mempool_cli.configs", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.memory.clusters=[10,0]", "model.memory.clusters[1]"),
+        ("model.memory.heads=0", "model.memory.heads"),
+        ("model.memory.tau=0", "model.memory.tau"),
+        ("model.dropout=1.0", "model.dropout"),
+        ("model.dropout=-0.1", "model.dropout"),
+        ("model.memory.heads_per_layer=[5]", "model.memory.heads_per_layer"),
+        ("model.encoder=gim", "model.encoder"),
+        ("protocol.val_fraction=0.9", "protocol.val_fraction + protocol.test_fraction"),
+    ],
+)
+def test_impossible_values_are_refused_by_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        validate(compose_cfg([override]))
+    assert str(info.value).startswith(key)
+
+
+def test_every_dataset_config_composes_and_validates():
+    for name in ("PROTEINS", "PROTEINS_full", "ENZYMES", "DD", "MUTAG", "NCI1", "IMDB-BINARY", "IMDB-MULTI",
+                 "COLLAB", "REDDIT-BINARY"):
+        cfg = compose_cfg([f"dataset={name}"])
+        validate(cfg)
+        assert cfg.dataset.name == name
+
+
+def _tiny_batch():
+    graphs = [Data(x=torch.randn(n, 3), edge_index=torch.tensor([[i, i + 1] for i in range(n - 1)]).t().reshape(2, -1),
+                   y=torch.tensor([n % 2])) for n in (3, 5, 4, 6)]
+    return Batch.from_data_list(graphs)
+
+
+def test_model_shapes_and_per_layer_settings():
+    model = build_model(num_features=3, num_classes=2, encoder="gat", hidden=8, layers=2, dropout=0.0, norm="layer",
+                        clusters=[4, 2, 1], memory_hidden=6, heads=[3, 2, 1], tau=[1.0, 0.5, 2.0])
+    data = _tiny_batch()
+    logits, kl = model(data.x, data.edge_index, data.batch, data.num_graphs)
+    assert logits.shape == (4, 2) and kl.dim() == 0 and kl.item() >= 0
+    assert [(m.heads, m.num_clusters, m.tau) for m in model.memory] == [(3, 4, 1.0), (2, 2, 0.5), (1, 1, 2.0)]
+
+
+@pytest.mark.parametrize("impl", ["fast", "pyg"])
+def test_paper_schedule_keys_learn_from_kl_only(impl):
+    """In one step, keys get exactly the KL gradient and every other parameter exactly the CE gradient."""
+    torch.manual_seed(0)
+    model = build_model(num_features=3, num_classes=2, hidden=8, layers=1, dropout=0.0, norm="none",
+                        clusters=[3, 1], memory_hidden=8, heads=[2, 2], tau=[1.0, 1.0], memory_impl=impl)
+    data = _tiny_batch()
+    logits, kl = model(data.x, data.edge_index, data.batch, data.num_graphs)
+    ce = F.cross_entropy(logits, data.y)
+    keys = model.memory_keys()
+    others = [p for p in model.parameters() if all(p is not k for k in keys)]
+    expected_keys = torch.autograd.grad(kl, keys, retain_graph=True)
+    expected_others = torch.autograd.grad(ce, others, allow_unused=True)
+
+    captured = {}
+
+    class Capture(torch.optim.SGD):
+        def step(self, closure=None):
+            captured.update({id(p): p.grad.clone() for p in model.parameters() if p.grad is not None})
+
+    train_epoch(model, [data], Capture(model.parameters(), lr=0.0), torch.device("cpu"), "paper", 1.0)
+    for key, grad in zip(keys, expected_keys):
+        assert torch.allclose(captured[id(key)], grad)
+    for param, grad in zip(others, expected_others):
+        if grad is not None:
+            assert torch.allclose(captured[id(param)], grad)
+
+
+def test_checkpoint_is_atomic_and_checked(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    payload = {key: {} for key in ("model_args", "model_state", "config", "dataset", "split", "metrics")}
+    save_checkpoint(path, {**payload, "epoch": 3})
+    assert load_checkpoint(path)["epoch"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    torch.save({"format": "mempool-checkpoint", "format_version": 99}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_checkpoint(tmp_path / "future.pt")
+    torch.save({"format": "mempool-checkpoint", "format_version": 1}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(tmp_path / "partial.pt")
+
+
+def test_train_in_process_writes_artifacts_and_is_deterministic(tmp_path, data_env):
+    cfg = compose_cfg(TINY_ARGS + ["train.epochs=4"])
+    first = train(cfg, tmp_path / "a")
+    second = train(cfg, tmp_path / "b")
+    for key in ("train_acc", "val_acc", "test_acc", "val_loss", "best_epoch"):
+        assert first[key] == second[key]
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["test_acc"] == first["test_acc"]
+    ckpt = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert ckpt["metrics"]["test_acc"] == first["test_acc"]
+    assert set(ckpt["split"]) == {"train", "val", "test"}
+    assert ckpt["model_args"]["clusters"] == [4, 1]
+    assert {"torch", "torch_geometric", "mempool"} <= set(ckpt["versions"])

@@ -1,0 +1,107 @@
+"""Data: offline seeding, download errors, feature recipe, splits and split files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mempool_cli.data import (
+    featurize,
+    fit_feature_stats,
+    holdout_split,
+    kfold_splits,
+    load_tudataset,
+    read_split_file,
+    split_metadata,
+    write_json_atomic,
+)
+from mempool_cli.errors import DataError
+
+RECIPE = {"name": "TINY", "node_attributes": True, "node_labels": True, "degree": "none", "max_degree": 4}
+
+
+@pytest.fixture
+def tiny(tmp_path, tiny_source):
+    return load_tudataset("TINY", str(tmp_path / "cache"), str(tiny_source), "http://127.0.0.1:9")
+
+
+def test_offline_source_is_copied_not_written(tmp_path, tiny_source):
+    before = sorted(p.relative_to(tiny_source) for p in tiny_source.rglob("*"))
+    dataset = load_tudataset("TINY", str(tmp_path / "cache"), str(tiny_source), "http://127.0.0.1:9")
+    assert len(dataset) == 48
+    assert (tmp_path / "cache" / "TINY" / "processed").is_dir()
+    assert sorted(p.relative_to(tiny_source) for p in tiny_source.rglob("*")) == before
+
+
+def test_download_failure_names_url_and_folder(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_tudataset("NOPE", str(tmp_path / "cache"), None, "http://127.0.0.1:9/tu")
+    message = str(info.value)
+    assert "http://127.0.0.1:9/tu/NOPE.zip" in message
+    assert str(tmp_path / "cache" / "NOPE" / "raw") in message
+    assert not (tmp_path / "cache" / "NOPE" / "raw").exists()
+
+
+def test_malformed_raw_files_are_a_data_error(tmp_path):
+    raw = tmp_path / "cache" / "BAD" / "raw"
+    raw.mkdir(parents=True)
+    for part in ("A", "graph_indicator", "graph_labels"):
+        (raw / f"BAD_{part}.txt").write_text("not, numbers\n")
+    with pytest.raises(DataError, match="cannot read dataset BAD"):
+        load_tudataset("BAD", str(tmp_path / "cache"), None, "http://127.0.0.1:9")
+
+
+def test_attributes_standardised_with_training_statistics_only(tiny):
+    train = list(range(0, 24))
+    stats = fit_feature_stats(tiny, RECIPE, train)
+    graphs = featurize(tiny, RECIPE, stats)
+    assert graphs.num_features == 2 + 2  # 2 attributes + 2 one-hot labels
+    train_x = torch.cat([graphs.graphs[i].x[:, :2] for i in train])
+    assert torch.allclose(train_x.mean(0), torch.zeros(2), atol=1e-4)
+    assert torch.allclose(train_x.std(0, unbiased=False), torch.ones(2), atol=1e-4)
+    other_stats = fit_feature_stats(tiny, RECIPE, list(range(24, 48)))
+    assert other_stats["mean"] != stats["mean"]
+
+
+def test_degree_recipe_for_featureless_graphs(tiny):
+    recipe = {**RECIPE, "node_attributes": False, "node_labels": False, "degree": "onehot", "max_degree": 1}
+    graphs = featurize(tiny, recipe, fit_feature_stats(tiny, recipe, [0]))
+    assert graphs.num_features == 2
+    # paths have end nodes of degree 1; every other degree is capped at max_degree=1
+    assert all(torch.equal(g.x.sum(1), torch.ones(g.num_nodes)) for g in graphs.graphs)
+
+
+def test_holdout_split_is_stratified_disjoint_and_seeded():
+    labels = torch.tensor([0] * 60 + [1] * 40)
+    split = holdout_split(labels, 0.1, 0.2, seed=3)
+    sets = [set(split[k]) for k in ("train", "val", "test")]
+    assert sum(map(len, sets)) == 100 and len(set.union(*sets)) == 100
+    assert (len(sets[1]), len(sets[2])) == (10, 20)
+    assert sum(labels[list(sets[2])].tolist()) == 8  # 40% of 20
+    assert holdout_split(labels, 0.1, 0.2, seed=3) == split
+    assert holdout_split(labels, 0.1, 0.2, seed=4) != split
+
+
+def test_kfold_test_parts_partition_the_data():
+    labels = torch.tensor([0] * 30 + [1] * 20)
+    folds = kfold_splits(labels, 5, 0.1, seed=0)
+    tests = [set(f["test"]) for f in folds]
+    assert set.union(*tests) == set(range(50)) and sum(map(len, tests)) == 50
+    for fold in folds:
+        assert not set(fold["train"]) & set(fold["val"]) and not set(fold["train"]) & set(fold["test"])
+        assert sum(labels[fold["test"]].tolist()) == 4  # stratified: 40% of 10
+
+
+def test_split_file_mismatch_is_refused(tmp_path):
+    labels = torch.tensor([0, 1] * 10)
+    path = tmp_path / "split.json"
+    write_json_atomic(path, {"meta": split_metadata("TINY", labels, 0), "split": holdout_split(labels, .2, .2, 0)})
+    assert read_split_file(path, "TINY", labels)["split"]["test"]
+    with pytest.raises(DataError, match="labels_hash"):
+        read_split_file(path, "TINY", labels.flip(0))
+    with pytest.raises(DataError, match="num_graphs"):
+        read_split_file(path, "TINY", torch.tensor([0, 1] * 11))
+    path.write_text(json.dumps({"nothing": 1}))
+    with pytest.raises(DataError, match="cannot read split file"):
+        read_split_file(path, "TINY", labels)

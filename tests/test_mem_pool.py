@@ -1,0 +1,163 @@
+"""mempool_cli.nn.MemPooling against torch_geometric.nn.MemPooling with shared weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.nn import MemPooling as PygMemPooling
+from torch_geometric.utils import to_dense_batch
+
+from mempool_cli.nn import MemPooling
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def _pair(dtype, in_channels=16, out_channels=8, heads=5, clusters=10, tau=1.0, seed=0):
+    torch.manual_seed(seed)
+    ref = PygMemPooling(in_channels, out_channels, heads, clusters, tau).to(dtype)
+    ours = MemPooling(in_channels, out_channels, heads, clusters, tau).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _batch(sizes, in_channels, dtype, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(sum(sizes), in_channels, generator=gen, dtype=dtype)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return x, batch
+
+
+def _close(a, b, tol):
+    assert a.shape == b.shape
+    assert torch.allclose(a, b, atol=tol, rtol=tol), (a - b).abs().max().item()
+
+
+def _compare(ref, ours, x, batch, tol, batch_size=None):
+    """Outputs, densified assignments, KL loss and all gradients of both layers must agree."""
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, S_ref = ref(x_ref, batch, batch_size=batch_size)
+    out_ours, S_ours = ours(x_ours, batch, batch_size=batch_size)
+    kl_ref, kl_ours = PygMemPooling.kl_loss(S_ref), MemPooling.kl_loss(S_ours, batch, batch_size)
+    _close(out_ours, out_ref, tol)
+    S_dense, _ = to_dense_batch(S_ours, batch, batch_size=batch_size, max_num_nodes=S_ref.size(1))
+    _close(S_dense, S_ref, tol)
+    _close(kl_ours, kl_ref, tol)
+    weights = torch.randn_like(out_ref)
+    ((out_ref * weights).sum() + kl_ref).backward()
+    ((out_ours * weights).sum() + kl_ours).backward()
+    _close(x_ours.grad, x_ref.grad, tol)
+    for (name, p_ref), p_ours in zip(ref.named_parameters(), ours.parameters()):
+        assert p_ours.grad is not None, name
+        _close(p_ours.grad, p_ref.grad, tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_batches_match_pyg(dtype, seed):
+    ref, ours = _pair(dtype, seed=seed)
+    sizes = torch.randint(1, 40, (9,), generator=torch.Generator().manual_seed(seed)).tolist()
+    x, batch = _batch(sizes, 16, dtype, seed)
+    _compare(ref, ours, x, batch, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"sizes": [1, 1, 1]},  # graphs of one node
+        {"sizes": [4, 6], "heads": 1},
+        {"sizes": [5, 3, 7], "clusters": 1},
+        {"sizes": [6, 2, 9], "tau": 0.5},
+        {"sizes": [6, 2, 9], "tau": 3.0, "heads": 2, "clusters": 3},
+        {"sizes": [3, 200, 2, 4]},  # one graph far larger than the rest
+        {"sizes": [7]},  # a single graph
+    ],
+    ids=["one-node", "heads1", "clusters1", "tau0.5", "tau3", "one-large-graph", "single-graph"],
+)
+def test_edge_cases_match_pyg(dtype, case):
+    options = {key: value for key, value in case.items() if key != "sizes"}
+    ref, ours = _pair(dtype, **options)
+    sizes = case["sizes"]
+    x, batch = _batch(sizes, 16, dtype)
+    _compare(ref, ours, x, batch, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_without_batch_vector_is_one_graph(dtype):
+    ref, ours = _pair(dtype)
+    x, _ = _batch([11], 16, dtype)
+    out_ref, _ = ref(x)
+    out_ours, S = ours(x)
+    _close(out_ours, out_ref, TOL[dtype])
+    assert S.shape == (11, 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_empty_graph_in_batch(dtype):
+    """batch_size larger than the graphs present: the empty graph pools to zeros and counts in the KL mean."""
+    ref, ours = _pair(dtype)
+    sizes = [4, 5, 3]
+    x, batch = _batch(sizes, 16, dtype)
+    out_ours, S = ours(x, batch, batch_size=5)
+    out_ref, _ = ref(x, batch, batch_size=5)
+    assert out_ours.shape == (5, 10, 8)
+    _close(out_ours, out_ref, TOL[dtype])
+    assert torch.count_nonzero(out_ours[3:]) == 0
+    # PyG's kl_loss gives NaN with an empty graph; ours equals its value on the non-empty graphs, rescaled.
+    _, S_ref = ref(x, batch)
+    kl = MemPooling.kl_loss(S, batch, batch_size=5)
+    assert torch.isfinite(kl)
+    _close(kl, PygMemPooling.kl_loss(S_ref) * 3 / 5, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_dense_input_matches_pyg(dtype, with_mask):
+    ref, ours = _pair(dtype)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 7, 16, generator=gen, dtype=dtype)
+    mask = torch.arange(7).unsqueeze(0) < torch.tensor([[7], [3], [5], [1]]) if with_mask else None
+    if mask is not None:
+        x = x * mask.unsqueeze(-1)
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, S_ref = ref(x_ref, mask=mask)
+    out_ours, S_ours = ours(x_ours, mask=mask)
+    _close(out_ours, out_ref, TOL[dtype])
+    _close(S_ours, S_ref, TOL[dtype])
+    kl_ref, kl_ours = PygMemPooling.kl_loss(S_ref), MemPooling.kl_loss(S_ours)
+    _close(kl_ours, kl_ref, TOL[dtype])
+    (out_ref.sum() + kl_ref).backward()
+    (out_ours.sum() + kl_ours).backward()
+    _close(x_ours.grad, x_ref.grad, TOL[dtype])
+    for p_ref, p_ours in zip(ref.parameters(), ours.parameters()):
+        _close(p_ours.grad, p_ref.grad, TOL[dtype])
+
+
+def test_state_dict_round_trip_both_ways():
+    ref, ours = _pair(torch.float32, seed=5)
+    assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    fresh_ref = PygMemPooling(16, 8, 5, 10)
+    fresh_ref.load_state_dict(ours.state_dict())
+    fresh_ours = MemPooling(16, 8, 5, 10)
+    fresh_ours.load_state_dict(fresh_ref.state_dict())
+    x, batch = _batch([3, 8, 5], 16, torch.float32)
+    _close(fresh_ours(x, batch)[0], ref(x, batch)[0], 1e-6)
+
+
+def test_no_padded_tensor_is_allocated(monkeypatch):
+    """Node-list input never goes through to_dense_batch, and S stays per node."""
+    import torch_geometric.utils
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("to_dense_batch was called")
+
+    monkeypatch.setattr(torch_geometric.utils, "to_dense_batch", forbidden)
+    _, ours = _pair(torch.float32)
+    x, batch = _batch([2, 50, 3], 16, torch.float32)
+    out, S = ours(x, batch)
+    assert S.shape == (55, 10) and out.shape == (3, 10, 8)
+
+
+def test_repr_names_the_key_numbers():
+    assert repr(MemPooling(16, 8, heads=5, num_clusters=10, tau=0.5)) == (
+        "MemPooling(16, 8, heads=5, num_clusters=10, tau=0.5)"
+    )
