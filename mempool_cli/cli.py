@@ -90,6 +90,18 @@ def _remove_if_empty(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _show_kfold(run_dir: Path) -> None:
+    """The per-fold table and the mean +- std over the finished folds of a k-fold run directory."""
+    from mempool_cli.report import mean_std_table, rows_table
+    from mempool_cli.sweep import FOLD_COLUMNS, fold_rows, fold_summary
+
+    rows = fold_rows(run_dir)
+    console.print(rows_table(rows, FOLD_COLUMNS, title=f"k-fold run {run_dir}"))
+    summary = fold_summary(rows)
+    if summary:
+        console.print(mean_std_table(summary, title="mean +- std over finished folds"))
+
+
 register_configs()
 _debug = False  # set by `train --debug`: errors inside the Hydra job keep their traceback
 
@@ -113,7 +125,10 @@ def hydra_train(cfg: DictConfig) -> float:
             raise  # a sweep names the failing job's overrides
         _remove_if_empty(Path(run_dir))
         raise SystemExit(_report(exc)) from None
-    console.print(metrics_table(metrics, title=f"{cfg.dataset.name} metrics"))
+    if cfg.protocol.name == "kfold":
+        _show_kfold(Path(run_dir))
+    else:
+        console.print(metrics_table(metrics, title=f"{cfg.dataset.name} metrics"))
     return metrics["val_acc"]
 
 
@@ -170,8 +185,8 @@ def summarize(
 
     Example: mempool summarize multirun/2026-11-23_10-00-00-000000
     """
-    from mempool_cli.report import metrics_table, rows_table
-    from mempool_cli.sweep import FOLD_COLUMNS, SWEEP_COLUMNS, collect, fold_summary, write_sweep_summary
+    from mempool_cli.report import rows_table
+    from mempool_cli.sweep import SWEEP_COLUMNS, collect, write_sweep_summary
 
     try:
         kind, rows = collect(path)
@@ -180,10 +195,7 @@ def summarize(
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     if kind == "kfold":
-        console.print(rows_table(rows, FOLD_COLUMNS, title=f"k-fold run {path}"))
-        summary = fold_summary(rows)
-        if summary:
-            console.print(metrics_table(summary, title="mean +- std over finished folds"))
+        _show_kfold(path)
     else:
         console.print(rows_table(rows, SWEEP_COLUMNS, title=f"sweep {path} (best validation first)"))
 

@@ -23,11 +23,13 @@ def train_epoch(
 ) -> dict[str, float]:
     """Train for one epoch; returns the graph-weighted mean ``loss``, ``ce``, ``kl`` and ``acc``.
 
-    ``paper``: the memory keys learn from the KL loss only and every other parameter from the cross-entropy,
-    both from the same forward pass (two backward passes, no second forward). ``joint``: every parameter
-    learns from ``ce + kl_weight * kl``.
+    ``paper``: each memory layer's keys learn from that layer's KL loss only and every other parameter from
+    the cross-entropy only, all from the same forward pass (one backward pass with mempool's layer; with
+    PyG's, one per loss). ``joint``: every parameter learns from ``ce + kl_weight * kl``.
     """
     model.train()
+    paper = kl_schedule == "paper"
+    routed = model.route_key_gradients(paper) and paper
     keys = model.memory_keys()
     key_ids = {id(k) for k in keys}
     others = [p for p in model.parameters() if id(p) not in key_ids and p.requires_grad]
@@ -35,13 +37,15 @@ def train_epoch(
     seen = 0
     for step, data in enumerate(loader, start=1):
         data = data.to(device)
-        logits, kl = model(data.x, data.edge_index, data.batch, data.num_graphs)
+        logits, layer_kls = model(data.x, data.edge_index, data.batch, data.num_graphs)
         ce = F.cross_entropy(logits, data.y)
+        kl = layer_kls.sum()
         loss = ce + kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
-        if kl_schedule == "paper":
+        if paper and not routed:
             ce.backward(inputs=others, retain_graph=True)
-            (kl_weight * kl).backward(inputs=keys)
+            for layer_kl, key in zip(layer_kls, keys):
+                (kl_weight * layer_kl).backward(inputs=[key], retain_graph=True)
         else:
             loss.backward()
         optimizer.step()
@@ -65,7 +69,8 @@ def evaluate(model: MemGNN, loader: DataLoader, device: torch.device, kl_weight:
     preds, targets = [], []
     for data in loader:
         data = data.to(device)
-        logits, kl = model(data.x, data.edge_index, data.batch, data.num_graphs)
+        logits, layer_kls = model(data.x, data.edge_index, data.batch, data.num_graphs)
+        kl = layer_kls.sum()
         ce_sum += F.cross_entropy(logits, data.y, reduction="sum").item()
         kl_sum += kl.item() * data.num_graphs
         preds.append(logits.argmax(dim=-1).cpu())

@@ -80,18 +80,28 @@ class MemGNN(nn.Module):
             x = x + F.dropout(h, self.dropout, training=self.training)
         return x
 
+    def route_key_gradients(self, enabled: bool) -> bool:
+        """With ``enabled``, one backward pass of ``ce + kl`` trains each layer's keys on that layer's KL loss
+        only and every other parameter on the cross-entropy only (the paper's schedule). Returns ``False``
+        where the memory layers cannot do this (PyG's layer)."""
+        if not all(isinstance(layer, MemPooling) for layer in self.memory):
+            return False
+        for layer in self.memory:
+            layer.split_key_grad = enabled
+        return True
+
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-        """Class logits ``[B, classes]`` and the summed KL loss of the memory layers."""
+        """Class logits ``[B, classes]`` and the KL loss of each memory layer ``[layers]``."""
         x = self.encode(x, edge_index)
-        kl = x.new_zeros(())
+        kls = []
         for i, layer in enumerate(self.memory):
             if i == 0:
                 x, S = layer(x, batch, batch_size=batch_size)
             else:
                 x, S = layer(x)
-            kl = kl + (MemPooling.kl_loss(S, batch, batch_size) if S.dim() == 2 else type(layer).kl_loss(S))
+            kls.append(MemPooling.kl_loss(S, batch, batch_size) if S.dim() == 2 else type(layer).kl_loss(S))
             x = F.dropout(F.leaky_relu(x), self.dropout, training=self.training)
-        return self.classifier(x.mean(dim=1)), kl
+        return self.classifier(x.mean(dim=1)), torch.stack(kls)
 
 
 def build_model(**model_args: Any) -> MemGNN:

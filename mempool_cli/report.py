@@ -50,3 +50,16 @@ def rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: st
     for row in rows:
         table.add_row(*(_fmt(row.get(column, "")) for column in columns))
     return table
+
+
+def mean_std_table(summary: dict[str, Any], title: str) -> Table:
+    """Each accuracy as ``mean +- std`` over folds, with the fold count and the total training time."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("mean +- std", justify="right")
+    for key in ("val_acc", "test_acc", "train_acc"):
+        table.add_row(key, f"{summary[key]:.4f} +- {summary[key + '_std']:.4f}")
+    for key in ("folds", "finished", "train_time_s"):
+        if key in summary:
+            table.add_row(key, _fmt(summary[key]))
+    return table

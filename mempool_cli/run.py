@@ -301,11 +301,12 @@ def _folds(cfg: DictConfig, labels: torch.Tensor, run_dir: Path) -> tuple[list[d
 
 
 def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and (population-corrected sample) standard deviation of each accuracy over the folds."""
+    """Each accuracy's mean over the folds (under its own name, e.g. ``test_acc``) and its sample standard
+    deviation (``test_acc_std``), so that sweeps sort k-fold jobs like holdout ones."""
     summary: dict[str, Any] = {"folds": len(fold_metrics)}
-    for key in ("test_acc", "val_acc", "train_acc"):
+    for key in ("val_acc", "test_acc", "train_acc"):
         values = [m[key] for m in fold_metrics]
-        summary[f"{key}_mean"] = statistics.fmean(values)
+        summary[key] = statistics.fmean(values)
         summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     summary["train_time_s"] = sum(m["train_time_s"] for m in fold_metrics)
     return summary

@@ -17,7 +17,7 @@ from mempool_cli.run import summarize_folds
 
 log = logging.getLogger(__name__)
 
-SWEEP_COLUMNS = ("job", "overrides", "status", "val_acc", "test_acc", "best_epoch", "train_time_s")
+SWEEP_COLUMNS = ("job", "overrides", "status", "val_acc", "test_acc", "test_acc_std", "best_epoch", "train_time_s")
 FOLD_COLUMNS = ("fold", "status", "val_acc", "test_acc", "best_epoch", "train_time_s")
 
 

@@ -10,6 +10,84 @@ from torch.nn import Conv2d, Linear, Parameter
 EPS = 1e-15
 
 
+class _Assign(torch.autograd.Function):
+    """Soft assignments ``S`` ``[M, K]`` of rows ``x`` ``[M, F]`` to K-major keys ``[K*H, F]``, with head
+    weights ``w`` ``[H]``; one fused op with a hand-derived backward (the formulas of :meth:`MemPooling.forward`).
+
+    With ``split_key_grad`` it returns two copies of ``S``: the gradient reaching the first flows to ``x`` and
+    ``w`` only, the gradient reaching the second to the keys only (both in one backward pass).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, keys: Tensor, w: Tensor, num_clusters: int, tau: float, split_key_grad: bool):
+        K, H = num_clusters, w.numel()
+        dist = torch.addmm((keys * keys).sum(-1), x, keys.t(), alpha=-2.0)
+        dist.add_((x * x).sum(-1, keepdim=True)).clamp_min_(0.0)
+        if tau == 1.0:
+            q = dist.add_(1.0).reciprocal_()  # (1 + d)^-1
+        else:
+            q = dist.div_(tau).add_(1.0).pow_(-(tau + 1.0) / 2.0)
+        q = q.view(-1, K, H)
+        Z = q.sum(dim=1, keepdim=True)
+        S_heads = q / Z
+        S = torch.softmax(S_heads @ w, dim=-1)
+        ctx.save_for_backward(x, keys, w, q, Z, S_heads, S)
+        ctx.tau = tau
+        return (S, S.clone()) if split_key_grad else S
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        x, keys, w, q, Z, S_heads, S = ctx.saved_tensors
+        tau = ctx.tau
+        M, K, H = q.shape
+        grad_S = torch.stack(grads)  # [T, M, K]: T = 2 streams (x and w; keys) when split, else 1
+        grad_logits = S * (grad_S - (grad_S * S).sum(-1, keepdim=True))
+        grad_w = grad_logits[0].reshape(1, M * K) @ S_heads.reshape(M * K, H)
+        grad_heads = grad_logits.unsqueeze(-1) * w
+        grad_q = (grad_heads - (grad_heads * S_heads).sum(-2, keepdim=True)) / Z
+        # d q / d dist = -(1+tau)/2 * q / (tau + dist) = -(1+tau)/(2 tau) * q^(1 + 2/(1+tau))
+        exponent = 1.0 + 2.0 / (1.0 + tau)
+        grad_dist = (grad_q * q.pow(exponent) if tau != 1.0 else grad_q * (q * q)).mul_(-(1.0 + tau) / (2.0 * tau))
+        grad_dist = grad_dist.view(-1, M, K * H)
+        grad_x = grad_keys = None
+        if ctx.needs_input_grad[0]:
+            g = grad_dist[0]
+            grad_x = torch.addmm(x * (2.0 * g.sum(1, keepdim=True)), g, keys, alpha=-2.0)
+        if ctx.needs_input_grad[1]:
+            g = grad_dist[-1]
+            grad_keys = torch.addmm(keys * (2.0 * g.sum(0).unsqueeze(1)), g.t(), x, alpha=-2.0)
+        return grad_x, grad_keys, grad_w.view(H), None, None, None
+
+
+class _NodeKL(torch.autograd.Function):
+    """``sum_i sum_j P_ij (log P_ij - log S_ij)`` over node-list ``S`` ``[N, K]`` with per-graph column sums;
+    one fused op with a hand-derived backward (P is a function of S, as in PyG's ``kl_loss``)."""
+
+    @staticmethod
+    def forward(ctx, S: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        col = S.new_zeros(num_graphs, S.size(1)).index_add_(0, batch, S).index_select(0, batch)
+        Q = S * S / col
+        r = Q.sum(-1, keepdim=True)
+        P = Q / r
+        P_c, S_c = P.clamp(EPS), S.clamp(EPS)
+        log_ratio = P_c.log() - S_c.log()
+        ctx.save_for_backward(S, batch, col, P, r, P_c, S_c, log_ratio)
+        ctx.num_graphs = num_graphs
+        return (P_c * log_ratio).sum()
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        S, batch, col, P, r, P_c, S_c, log_ratio = ctx.saved_tensors
+        grad_P = (log_ratio + 1.0) * (P >= EPS)
+        grad_S = -(P_c / S_c) * (S >= EPS)
+        grad_Q = (grad_P - (grad_P * P).sum(-1, keepdim=True)) / r
+        Q_over_col = P * r / col  # Q / col
+        grad_S += 2.0 * grad_Q * S / col
+        grad_col = -(grad_Q * Q_over_col)
+        grad_S += S.new_zeros(ctx.num_graphs, S.size(1)).index_add_(0, batch, grad_col).index_select(0, batch)
+        return grad_S * grad_loss, None, None
+
+
 class _SegmentTransposeMatmul(torch.autograd.Function):
     """``out[b] = S_b^T X_b`` for the contiguous node segments ``b`` given by ``counts``; no padding."""
 
@@ -38,6 +116,22 @@ class _SegmentTransposeMatmul(torch.autograd.Function):
         return grad_S, grad_x, None
 
 
+BLOCK_DIAGONAL_LIMIT = 1 << 20  # entries of the [N, B*K] block-diagonal S up to which one GEMM beats a loop
+
+
+def segment_pool(S: Tensor, x: Tensor, batch: Tensor, counts: Tensor) -> Tensor:
+    """``out[b] = S_b^T X_b`` ``[B, K, F]`` for node-list ``S`` ``[N, K]`` and ``x`` ``[N, F]``, no padding.
+
+    Small batches: one GEMM with the block-diagonal ``[N, B*K]`` spread of ``S``. Large ones: one GEMM per graph.
+    """
+    (N, K), B = S.shape, counts.numel()
+    if N * B * K <= BLOCK_DIAGONAL_LIMIT:
+        columns = batch.unsqueeze(1) * K + torch.arange(K, device=S.device)
+        spread = S.new_zeros(N, B * K).scatter(1, columns, S)
+        return (spread.t() @ x).view(B, K, -1)
+    return _SegmentTransposeMatmul.apply(S, x, counts.tolist())
+
+
 def _node_counts(batch: Optional[Tensor], num_nodes: int, batch_size: Optional[int]) -> Tuple[Tensor, int]:
     if batch is None:
         return torch.full((1,), num_nodes, dtype=torch.long), 1
@@ -64,6 +158,10 @@ class MemPooling(torch.nn.Module):
     returned per node, ``[N, K]``, and :meth:`kl_loss` takes the same ``batch``. Dense input ``[B, N, F]``
     (with an optional ``mask``) returns ``S`` as ``[B, N, K]``, exactly like PyG's layer.
 
+    ``split_key_grad`` (attribute, default ``False``): when set, the keys ``k`` learn only from the returned
+    ``S`` (that is, from the KL loss) and ``x``, ``conv`` and ``lin`` only from ``X'``: the paper's training
+    schedule in a single backward pass.
+
     Args:
         in_channels: input size :math:`F`.
         out_channels: output size :math:`F'`.
@@ -79,6 +177,7 @@ class MemPooling(torch.nn.Module):
         self.heads = heads
         self.num_clusters = num_clusters
         self.tau = float(tau)
+        self.split_key_grad = False
         self.k = Parameter(torch.empty(heads, num_clusters, in_channels))
         self.conv = Conv2d(heads, 1, kernel_size=1, padding=0, bias=False)
         self.lin = Linear(in_channels, out_channels, bias=False)
@@ -92,18 +191,19 @@ class MemPooling(torch.nn.Module):
 
     def assignments(self, x: Tensor) -> Tensor:
         """Soft cluster assignments ``S`` ``[M, K]`` of the rows of ``x`` ``[M, F]``."""
+        return self._assign(x, split_key_grad=False)[0]
+
+    def _assign(self, x: Tensor, split_key_grad: bool) -> Tuple[Tensor, Tensor]:
+        """``(S for pooling, S to return)``: the same values; with ``split_key_grad``, the keys learn only from
+        the second. With one cluster ``S`` is exactly 1 (a softmax over one entry): nothing to compute, and the
+        gradients of ``k`` and ``conv`` are exactly zero, so they are left unset."""
+        if self.num_clusters == 1:
+            S = x.new_ones(x.size(0), 1)
+            return S, S
         H, K = self.heads, self.num_clusters
-        keys = self.k.transpose(0, 1).reshape(K * H, -1)  # K-major: columns (k, h)
-        dist = torch.addmm((keys * keys).sum(-1), x, keys.t(), alpha=-2.0)
-        dist = (dist + (x * x).sum(-1, keepdim=True)).clamp_min(0.0)
-        if self.tau == 1.0:
-            q = (dist + 1.0).reciprocal()
-        else:
-            q = (dist / self.tau + 1.0).pow(-(self.tau + 1.0) / 2.0)
-        q = q.view(-1, K, H)
-        S_heads = q / q.sum(dim=1, keepdim=True)
-        logits = S_heads @ self.conv.weight.view(H)  # the 1x1 convolution over heads
-        return logits.softmax(dim=-1)
+        keys = self.k.transpose(0, 1).reshape(K * H, -1)  # K-major rows: (k, h)
+        S = _Assign.apply(x, keys, self.conv.weight.view(H), K, self.tau, split_key_grad)
+        return S if split_key_grad else (S, S)
 
     def forward(
         self,
@@ -128,14 +228,16 @@ class MemPooling(torch.nn.Module):
         """
         if x.dim() == 3:
             B, N, _ = x.shape
-            S = self.assignments(x.reshape(B * N, -1)).view(B, N, -1)
+            S_pool, S = (s.view(B, N, -1) for s in self._assign(x.reshape(B * N, -1), self.split_key_grad))
             if mask is not None:
                 S = S * mask.view(B, N, 1).to(S.dtype)
-            return self.lin(S.transpose(1, 2) @ x), S
+                S_pool = S_pool * mask.view(B, N, 1).to(S.dtype) if self.split_key_grad else S
+            return self.lin(S_pool.transpose(1, 2) @ x), S
         counts, _ = _node_counts(batch, x.size(0), batch_size)
-        S = self.assignments(x)
-        pooled = _SegmentTransposeMatmul.apply(S, x, counts.tolist())
-        return self.lin(pooled), S
+        if batch is None:
+            batch = x.new_zeros(x.size(0), dtype=torch.long)
+        S_pool, S = self._assign(x, self.split_key_grad)
+        return self.lin(segment_pool(S_pool, x, batch, counts)), S
 
     @staticmethod
     def kl_loss(S: Tensor, batch: Optional[Tensor] = None, batch_size: Optional[int] = None) -> Tensor:
@@ -148,21 +250,19 @@ class MemPooling(torch.nn.Module):
         zero; same value as PyG's ``kl_loss``) or ``[N, K]`` per node with its ``batch`` vector.
         A graph without nodes adds nothing but counts in the mean (PyG's layer returns NaN there).
         """
-        if S.dim() == 3:
-            num_graphs = S.size(0)
-            column_sums = S.sum(dim=1, keepdim=True)
-            P = S * S / column_sums.clamp_min(EPS)
-            row_sums = P.sum(dim=-1, keepdim=True)
-            P = P / torch.where(S.sum(dim=-1, keepdim=True) == 0, torch.ones_like(row_sums), row_sums)
-        else:
-            counts, num_graphs = _node_counts(batch, S.size(0), batch_size)
+        if S.size(-1) == 1:  # one cluster: P = S, so the divergence is exactly zero
+            return S.new_zeros(())
+        if S.dim() == 2:
+            _, num_graphs = _node_counts(batch, S.size(0), batch_size)
             if batch is None:
                 batch = S.new_zeros(S.size(0), dtype=torch.long)
-            column_sums = S.new_zeros(num_graphs, S.size(1)).index_add_(0, batch, S)
-            P = S * S / column_sums.index_select(0, batch)
-            P = P / P.sum(dim=-1, keepdim=True)
+            return _NodeKL.apply(S, batch, num_graphs) / num_graphs
+        column_sums = S.sum(dim=1, keepdim=True)
+        P = S * S / column_sums.clamp_min(EPS)
+        row_sums = P.sum(dim=-1, keepdim=True)
+        P = P / torch.where(S.sum(dim=-1, keepdim=True) == 0, torch.ones_like(row_sums), row_sums)
         P = P.clamp(EPS)
-        return (P * (P.log() - S.clamp(EPS).log())).sum() / num_graphs
+        return (P * (P.log() - S.clamp(EPS).log())).sum() / S.size(0)
 
     def __repr__(self) -> str:
         return (

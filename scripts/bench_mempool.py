@@ -1,0 +1,255 @@
+"""Benchmark mempool's MemPooling against torch_geometric.nn.MemPooling, both sides in one process.
+
+1. the layer alone: forward + backward with the KL loss over shuffled epochs of real batches;
+2. a training epoch on PROTEINS with the architecture of PyG's examples/mem_pool.py: that example's loop
+   (PyG layer, its two-phase KL step) against the trainer's loop (our layer, one forward per batch);
+3. the limit: the same encoder with a global mean-pool readout instead of the memory layers.
+
+Timings alternate the two sides and keep the median of --repeats; peak memory is the peak growth of the resident
+set of a fresh process that runs one epoch of that side alone.
+
+    MEMPOOL_DATA_SOURCE=../shared/data/TUDataset python scripts/bench_mempool.py
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import gc
+import multiprocessing
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch_geometric.nn import DeepGCNLayer, GATConv, global_mean_pool
+from torch_geometric.nn import MemPooling as PygMemPooling
+
+from mempool_cli.data import featurize, fit_feature_stats, load_tudataset, make_loader
+from mempool_cli.engine import train_epoch
+from mempool_cli.nn import MemPooling
+
+ROOT = os.environ.get("MEMPOOL_DATA_ROOT", "~/.cache/mempool/TUDataset")
+SOURCE = os.environ.get("MEMPOOL_DATA_SOURCE")
+URL = "https://www.chrsmrrs.com/graphkerneldatasets"
+
+
+def _status_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _child_peak(conn, build, args) -> None:
+    run = build(*args)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed set-up memory back, so the epoch's own peak shows
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM) to the current one
+    before = _status_kib("VmRSS")
+    run()
+    conn.send((_status_kib("VmHWM") - before) / 1024)
+
+
+def peak_rss_mb(build, *args) -> float:
+    """Peak growth of the resident set (MiB) while a fresh (spawned) process runs ``build(*args)()`` once
+    (Linux). A forked child of a process that has started PyTorch's thread pool can hang, hence spawn."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_peak, args=(send, build, args))
+    child.start()
+    value = receive.recv()
+    child.join()
+    return value
+
+
+def timed_pair(run_a, run_b, repeats: int) -> tuple[float, float]:
+    """Median seconds of two callables, alternated so that both see the same machine state."""
+    run_a(), run_b()  # warm-up
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, out in ((run_a, a), (run_b, b)):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
+# ---------------------------------------------------------------- 1. the layer alone
+def graph_sizes(name: str) -> np.ndarray:
+    dataset = load_tudataset(name, ROOT, SOURCE, URL)
+    indicator = Path(dataset.raw_dir) / f"{name}_graph_indicator.txt"
+    return np.bincount(np.loadtxt(indicator, dtype=np.int64))[1:]
+
+
+def layer_batches(sizes: np.ndarray, batch_size: int, hidden: int, seed: int = 0):
+    perm = np.random.default_rng(seed).permutation(len(sizes))
+    batches = []
+    for start in range(0, len(sizes), batch_size):
+        counts = torch.as_tensor(sizes[perm[start:start + batch_size]])
+        batch = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        batches.append((torch.randn(int(counts.sum()), hidden), batch, len(counts)))
+    return batches
+
+
+def layer_epoch(layer, batches, node_list_kl: bool) -> None:
+    for x, batch, size in batches:
+        x = x.requires_grad_()
+        out, S = layer(x, batch, batch_size=size)
+        kl = MemPooling.kl_loss(S, batch, size) if node_list_kl else PygMemPooling.kl_loss(S)
+        (out.sum() + kl).backward()
+
+
+def bench_layer(datasets, batch_sizes, hiddens, repeats: int, console: Console) -> None:
+    table = Table(title="1. MemPooling forward + backward + KL loss, one shuffled epoch (5 heads, 10 clusters)")
+    for column in ("dataset", "batch", "hidden", "PyG s", "ours s", "speed-up", "PyG peak MiB", "ours peak MiB"):
+        table.add_column(column, justify="right")
+    for name in datasets:
+        sizes = graph_sizes(name)
+        for batch_size in batch_sizes:
+            for hidden in hiddens:
+                batches = layer_batches(sizes, batch_size, hidden)
+                torch.manual_seed(0)
+                ref = PygMemPooling(hidden, hidden, heads=5, num_clusters=10)
+                ours = MemPooling(hidden, hidden, heads=5, num_clusters=10)
+                ours.load_state_dict(ref.state_dict())
+                t_ref, t_ours = timed_pair(lambda: layer_epoch(ref, batches, False),
+                                           lambda: layer_epoch(ours, batches, True), repeats)
+                m_ref = peak_rss_mb(functools.partial, layer_epoch, ref, batches, False)
+                m_ours = peak_rss_mb(functools.partial, layer_epoch, ours, batches, True)
+                table.add_row(name, str(batch_size), str(hidden), f"{t_ref:.3f}", f"{t_ours:.3f}",
+                              f"{t_ref / t_ours:.2f}x", f"{m_ref:.0f}", f"{m_ours:.0f}")
+                console.print(f"  {name} batch {batch_size} hidden {hidden}: {t_ref / t_ours:.2f}x", highlight=False)
+    console.print(table)
+
+
+# ---------------------------------------------------------------- 2 and 3. a training epoch
+class ExampleNet(nn.Module):
+    """The architecture of PyG's examples/mem_pool.py, with a choice of memory layer or a mean-pool readout."""
+
+    def __init__(self, in_channels: int, num_classes: int, memory: str, hidden: int = 32, dropout: float = 0.1):
+        super().__init__()
+        self.dropout, self.memory_kind = dropout, memory
+        self.lin = nn.Linear(in_channels, hidden)
+        self.convs = nn.ModuleList(
+            DeepGCNLayer(GATConv(hidden, hidden, dropout=dropout), nn.BatchNorm1d(hidden), nn.LeakyReLU(),
+                         block="res+", dropout=dropout)
+            for _ in range(2)
+        )
+        if memory == "mean":
+            self.readout = nn.Linear(hidden, num_classes)
+            self.memory = nn.ModuleList()
+        else:
+            layer = PygMemPooling if memory == "pyg" else MemPooling
+            self.memory = nn.ModuleList([layer(hidden, 80, heads=5, num_clusters=10),
+                                         layer(80, num_classes, heads=5, num_clusters=1)])
+
+    def memory_keys(self) -> list[nn.Parameter]:
+        return [m.k for m in self.memory]
+
+    def route_key_gradients(self, enabled: bool) -> bool:
+        if self.memory_kind != "fast":
+            return False
+        for layer in self.memory:
+            layer.split_key_grad = enabled
+        return True
+
+    def forward(self, x, edge_index, batch, batch_size=None):
+        x = self.lin(x)
+        for conv in self.convs:
+            x = conv(x, edge_index)
+        if self.memory_kind == "mean":
+            return self.readout(global_mean_pool(x, batch, batch_size)), x.new_zeros(1)
+        x, S1 = self.memory[0](x, batch, batch_size=batch_size)
+        kl1 = MemPooling.kl_loss(S1, batch, batch_size) if S1.dim() == 2 else PygMemPooling.kl_loss(S1)
+        x = F.dropout(F.leaky_relu(x), p=self.dropout, training=self.training)
+        x, S2 = self.memory[1](x)
+        kl2 = MemPooling.kl_loss(S2) if self.memory_kind == "fast" else PygMemPooling.kl_loss(S2)
+        return F.log_softmax(x.squeeze(1), dim=-1), torch.stack([kl1, kl2])
+
+
+def example_epoch(model: ExampleNet, loader, optimizer) -> None:
+    """PyG's examples/mem_pool.py train(): a supervised pass with frozen keys, then a KL pass over all batches."""
+    model.train()
+    for k in model.memory_keys():
+        k.requires_grad = False
+    for data in loader:
+        optimizer.zero_grad()
+        out = model(data.x, data.edge_index, data.batch)[0]
+        F.nll_loss(out, data.y).backward()
+        optimizer.step()
+    kl_loss = 0.0
+    for k in model.memory_keys():
+        k.requires_grad = True
+    optimizer.zero_grad()
+    for data in loader:
+        kl_loss += model(data.x, data.edge_index, data.batch)[1].sum()
+    (kl_loss / len(loader.dataset)).backward()
+    optimizer.step()
+
+
+EPOCH_LOOPS = {
+    "example": "PyG example loop + PyG layer",
+    "trainer": "trainer loop + our layer",
+    "limit": "limit: trainer loop, mean-pool readout",
+}
+
+
+def epoch_runner(loop: str):
+    """One training epoch on PROTEINS (batch 20) as a callable: ``example``, ``trainer`` or ``limit``."""
+    dataset = load_tudataset("PROTEINS", ROOT, SOURCE, URL)
+    recipe = {"name": "PROTEINS", "node_attributes": True, "node_labels": True, "degree": "none", "max_degree": 64}
+    index = list(range(len(dataset)))
+    graphs = featurize(dataset, recipe, fit_feature_stats(dataset, recipe, index))
+    loader = make_loader(graphs.graphs, index, batch_size=20, shuffle=True, seed=0)
+    torch.manual_seed(0)
+    memory = {"example": "pyg", "trainer": "fast", "limit": "mean"}[loop]
+    model = ExampleNet(graphs.num_features, graphs.num_classes, memory)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=4e-5)
+    if loop == "example":
+        return functools.partial(example_epoch, model, loader, optimizer)
+    schedule, kl_weight = ("paper", 1.0) if loop == "trainer" else ("joint", 0.0)
+    return functools.partial(train_epoch, model, loader, optimizer, torch.device("cpu"), schedule, kl_weight)
+
+
+def bench_epoch(repeats: int, console: Console) -> None:
+    runs = {loop: epoch_runner(loop) for loop in EPOCH_LOOPS}
+    num_graphs = len(runs["trainer"].args[1].dataset)
+    t_example, t_trainer = timed_pair(runs["example"], runs["trainer"], repeats)
+    t_limit, t_trainer_again = timed_pair(runs["limit"], runs["trainer"], repeats)
+    seconds = {"example": t_example, "trainer": t_trainer, "limit": t_limit}
+    table = Table(title=f"2-3. training epoch on PROTEINS ({num_graphs} graphs, batch 20), PyG example architecture")
+    for column in ("loop", "s / epoch", "graphs / s", "peak MiB"):
+        table.add_column(column, justify="right")
+    for loop, label in EPOCH_LOOPS.items():
+        table.add_row(label, f"{seconds[loop]:.3f}", f"{num_graphs / seconds[loop]:.0f}",
+                      f"{peak_rss_mb(epoch_runner, loop):.0f}")
+    console.print(table)
+    console.print(f"2. trainer loop vs PyG example loop: {t_example / t_trainer:.2f}x faster (target >= 2.5x)")
+    console.print(f"3. trainer loop with memory layers vs mean-pool limit: {t_trainer_again / t_limit:.2f}x "
+                  f"the time (target <= 1.5x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["PROTEINS", "DD", "REDDIT-BINARY"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[20, 128])
+    parser.add_argument("--hidden", nargs="+", type=int, default=[32, 128])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-layer", action="store_true")
+    parser.add_argument("--skip-epoch", action="store_true")
+    args = parser.parse_args()
+    console = Console()
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    if not args.skip_layer:
+        bench_layer(args.datasets, args.batch_sizes, args.hidden, args.repeats, console)
+    if not args.skip_epoch:
+        bench_epoch(args.repeats, console)
+
+
+if __name__ == "__main__":
+    main()
