@@ -106,9 +106,11 @@ register_configs()
 _debug = False  # set by `train --debug`: errors inside the Hydra job keep their traceback
 
 
-@hydra.main(version_base="1.3", config_path="pkg://mempool_cli.configs", config_name="config")
-def hydra_train(cfg: DictConfig) -> float:
-    """Hydra's task function: one job of a run or a sweep. Returns the validation accuracy (for sweepers)."""
+def train_job(cfg: DictConfig) -> float:
+    """Hydra's task function: one job of a run or a sweep. Returns the validation accuracy (for sweepers).
+
+    Kept undecorated at module level so that launchers (joblib, submitit) can pickle it by reference.
+    """
     from mempool_cli.config import validate
     from mempool_cli.progress import make_reporter
     from mempool_cli.report import metrics_table
@@ -130,6 +132,9 @@ def hydra_train(cfg: DictConfig) -> float:
     else:
         console.print(metrics_table(metrics, title=f"{cfg.dataset.name} metrics"))
     return metrics["val_acc"]
+
+
+hydra_train = hydra.main(version_base="1.3", config_path="pkg://mempool_cli.configs", config_name="config")(train_job)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, help=TRAIN_HELP)
@@ -185,8 +190,7 @@ def summarize(
 
     Example: mempool summarize multirun/2026-11-23_10-00-00-000000
     """
-    from mempool_cli.report import rows_table
-    from mempool_cli.sweep import SWEEP_COLUMNS, collect, write_sweep_summary
+    from mempool_cli.sweep import collect, sweep_table, write_sweep_summary
 
     try:
         kind, rows = collect(path)
@@ -197,7 +201,7 @@ def summarize(
     if kind == "kfold":
         _show_kfold(path)
     else:
-        console.print(rows_table(rows, SWEEP_COLUMNS, title=f"sweep {path} (best validation first)"))
+        console.print(sweep_table(path, rows))
 
 
 def main() -> None:

@@ -97,6 +97,7 @@ class Config:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     seed: int = 0
     device: str = "auto"
+    threads: Optional[int] = None
 
 
 def register_configs() -> None:
@@ -176,3 +177,5 @@ def validate(cfg: DictConfig) -> None:
     if protocol.name == "kfold" and protocol.folds < 2:
         raise ConfigError(f"protocol.folds: must be >= 2, got {protocol.folds}")
     _choice("device", cfg.device, DEVICES)
+    if cfg.threads is not None:
+        _positive("threads", cfg.threads)

@@ -45,8 +45,9 @@ def eval_tables(result: dict[str, Any]) -> list[Table]:
 def rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str) -> Table:
     """One row per result (job or fold) with the given columns."""
     table = Table(title=title)
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("job", "overrides", "status") else "right")
+    for column in columns:  # fold, never truncate: every value stays readable in a narrow or piped output
+        table.add_column(column, justify="left" if column in ("job", "overrides", "status") else "right",
+                         overflow="fold")
     for row in rows:
         table.add_row(*(_fmt(row.get(column, "")) for column in columns))
     return table

@@ -315,6 +315,8 @@ def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
 def train(cfg: DictConfig, run_dir: str | Path, reporter: Optional[Reporter] = None) -> dict[str, Any]:
     """Validate the config and run its protocol in ``run_dir``; returns the run's metrics."""
     validate(cfg)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -334,7 +336,12 @@ def train(cfg: DictConfig, run_dir: str | Path, reporter: Optional[Reporter] = N
             log.info("fold %d already finished, skipped", i)
             fold_metrics.append({"fold": i, **json.loads(done.read_text())})
             continue
-        metrics = train_split(cfg, fold_dir, raw_dataset, split, {**meta, "fold": i}, reporter,
+        fold_cfg = cfg
+        if (fold_dir / "last.pt").exists():  # interrupted: continue where it stopped
+            log.info("fold %d resumes from %s", i, fold_dir / "last.pt")
+            fold_cfg = copy.deepcopy(cfg)
+            fold_cfg.train.resume = str(fold_dir / "last.pt")
+        metrics = train_split(fold_cfg, fold_dir, raw_dataset, split, {**meta, "fold": i}, reporter,
                               title=f"fold {i + 1}/{len(folds)}")
         fold_metrics.append({"fold": i, **metrics})
     summary = {"dataset": cfg.dataset.name, "protocol": "kfold", **summarize_folds(fold_metrics),

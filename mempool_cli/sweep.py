@@ -11,8 +11,11 @@ from typing import Any, Optional
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
 from mempool_cli.errors import MempoolError
+from mempool_cli.report import rows_table
 from mempool_cli.run import summarize_folds
 
 log = logging.getLogger(__name__)
@@ -34,16 +37,27 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job of a Hydra sweep: its overrides and metrics, best validation accuracy first."""
+    """One row per job of a Hydra sweep: the overrides that vary between jobs (all of them under
+    ``all_overrides``) and its metrics, best validation accuracy first, unfinished jobs last."""
+    jobs = _job_dirs(sweep_dir)
+    overrides = [yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [] for job in jobs]
+    common = set.intersection(*map(set, overrides)) if len(overrides) > 1 else set()
     rows = []
-    for job in _job_dirs(sweep_dir):
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    for job, job_overrides in zip(jobs, overrides):
         metrics = _read_json(job / "metrics.json")
-        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(overrides),
-                               "status": "done" if metrics else "unfinished"}
+        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(o for o in job_overrides if o not in common),
+                               "all_overrides": " ".join(job_overrides), "status": "done" if metrics else "unfinished"}
         row.update(metrics or {})
         rows.append(row)
     return sorted(rows, key=lambda r: (r["status"] != "done", -r.get("val_acc", 0.0), r["job"]))
+
+
+def common_overrides(rows: list[dict[str, Any]]) -> str:
+    """The overrides shared by every job of a sweep."""
+    if not rows:
+        return ""
+    varying = {o for row in rows for o in row["overrides"].split()}
+    return " ".join(o for o in rows[0]["all_overrides"].split() if o not in varying)
 
 
 def fold_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -84,12 +98,26 @@ def to_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def present_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The sweep columns that at least one row fills (``test_acc_std`` only for k-fold jobs)."""
+    return tuple(c for c in SWEEP_COLUMNS if any(c in row for row in rows))
+
+
 def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     """Write ``summary.csv`` and ``summary.md`` into the sweep directory; returns the rows."""
     rows = sweep_rows(sweep_dir)
-    (sweep_dir / "summary.csv").write_text(to_csv(rows, SWEEP_COLUMNS))
-    (sweep_dir / "summary.md").write_text(to_markdown(rows, SWEEP_COLUMNS))
+    (sweep_dir / "summary.csv").write_text(to_csv(rows, SWEEP_COLUMNS + ("all_overrides",)))
+    header = (f"# Sweep {sweep_dir.name} (best validation accuracy first)\n\n"
+              f"Common overrides: `{common_overrides(rows)}`\n\n")
+    (sweep_dir / "summary.md").write_text(header + to_markdown(rows, present_columns(rows)))
     return rows
+
+
+def sweep_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
+    """The rich table of a sweep, its common overrides in the caption."""
+    table = rows_table(rows, present_columns(rows), title=f"sweep {sweep_dir} (best validation first)")
+    table.caption = f"common overrides: {common_overrides(rows)}"
+    return table
 
 
 def collect(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -108,13 +136,9 @@ class SweepSummaryCallback(Callback):
     """At the end of a multirun, write the sweep's summary files and show its table."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from rich.console import Console
-
-        from mempool_cli.report import rows_table
-
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         rows = write_sweep_summary(sweep_dir)
-        Console().print(rows_table(rows, SWEEP_COLUMNS, title=f"sweep {sweep_dir} (best validation first)"))
+        Console().print(sweep_table(sweep_dir, rows))
         log.info("sweep summary written to %s", sweep_dir / "summary.md")

@@ -116,16 +116,17 @@ class _SegmentTransposeMatmul(torch.autograd.Function):
         return grad_S, grad_x, None
 
 
-BLOCK_DIAGONAL_LIMIT = 1 << 20  # entries of the [N, B*K] block-diagonal S up to which one GEMM beats a loop
+BLOCK_DIAGONAL_LIMIT = 1 << 22  # multiply-adds (N * B*K * F) up to which one block-diagonal GEMM beats a loop
 
 
 def segment_pool(S: Tensor, x: Tensor, batch: Tensor, counts: Tensor) -> Tensor:
     """``out[b] = S_b^T X_b`` ``[B, K, F]`` for node-list ``S`` ``[N, K]`` and ``x`` ``[N, F]``, no padding.
 
-    Small batches: one GEMM with the block-diagonal ``[N, B*K]`` spread of ``S``. Large ones: one GEMM per graph.
+    Small batches: one GEMM with the block-diagonal ``[N, B*K]`` spread of ``S`` (B times the work, one call).
+    Larger ones: one GEMM per graph.
     """
     (N, K), B = S.shape, counts.numel()
-    if N * B * K <= BLOCK_DIAGONAL_LIMIT:
+    if N * B * K * x.size(1) <= BLOCK_DIAGONAL_LIMIT:
         columns = batch.unsqueeze(1) * K + torch.arange(K, device=S.device)
         spread = S.new_zeros(N, B * K).scatter(1, columns, S)
         return (spread.t() @ x).view(B, K, -1)

@@ -1,0 +1,152 @@
+"""k-fold cross-validation, sweep summaries and Hydra's launcher and sweeper plugins, offline on a tiny dataset."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY_ARGS, run_cli
+from mempool_cli.run import summarize_folds
+from mempool_cli.sweep import common_overrides, fold_rows, fold_summary, sweep_rows
+
+QUICK = [*TINY_ARGS, "train.epochs=2"]
+
+
+def _metrics(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def kfold_run(tmp_path_factory, tiny_source):
+    """A 3-fold run on the tiny dataset, shared by the k-fold tests."""
+    cwd = tmp_path_factory.mktemp("kfold")
+    env = {"MEMPOOL_DATA_ROOT": str(cwd / "cache"), "MEMPOOL_DATA_SOURCE": str(tiny_source)}
+    args = ["train", *QUICK, "protocol=kfold", "protocol.folds=3", f"hydra.run.dir={cwd / 'run'}"]
+    result = run_cli(args, cwd, env)
+    assert result.returncode == 0, result.stderr
+    return cwd, env, args, result
+
+
+def test_kfold_writes_folds_per_fold_units_and_summary(kfold_run):
+    cwd, _, _, result = kfold_run
+    run = cwd / "run"
+    folds = _metrics(run / "folds.json")
+    assert {"dataset": "TINY", "num_graphs": 48, "folds": 3, "seed": 0}.items() <= folds["meta"].items()
+    assert len(folds["meta"]["labels_hash"]) >= 16
+    tests = [set(fold["test"]) for fold in folds["folds"]]
+    assert set.union(*tests) == set(range(48)) and sum(map(len, tests)) == 48
+    for i in range(3):
+        for name in ("metrics.json", "checkpoint.pt", "last.pt", "tensorboard"):
+            assert (run / f"fold_{i}" / name).exists(), (i, name)
+    per_fold = [_metrics(run / f"fold_{i}" / "metrics.json") for i in range(3)]
+    summary = _metrics(run / "summary.json")
+    assert summary["folds"] == 3 and len(summary["per_fold"]) == 3
+    assert summary["test_acc"] == pytest.approx(statistics.fmean(m["test_acc"] for m in per_fold))
+    assert summary["test_acc_std"] == pytest.approx(statistics.stdev(m["test_acc"] for m in per_fold))
+    assert _metrics(run / "metrics.json")["val_acc"] == summary["val_acc"]
+    assert "+-" in result.stdout and "fold" in result.stdout
+
+
+def test_kfold_rerun_skips_finished_folds_and_refuses_other_folds(kfold_run):
+    cwd, env, args, _ = kfold_run
+    run = cwd / "run"
+    stamps = {i: (run / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in (0, 2)}
+    (run / "fold_1" / "metrics.json").unlink()  # as if the run had stopped during fold 1
+    result = run_cli(args, cwd, env)
+    assert result.returncode == 0, result.stderr
+    log = (run / "train.log").read_text()
+    assert "fold 0 already finished" in log and "fold 2 already finished" in log and "fold 1 resumes" in log
+    assert {i: (run / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in (0, 2)} == stamps
+    assert (run / "fold_1" / "metrics.json").exists()
+    other = run_cli([a if a != "protocol.folds=3" else "protocol.folds=4" for a in args], cwd, env)
+    assert other.returncode != 0 and len(other.stderr.strip().splitlines()) == 1
+    assert "protocol.folds" in other.stderr and "3 folds" in other.stderr
+
+
+def test_fold_summary_aggregates_finished_folds_only(tmp_path):
+    for i, (val, test) in enumerate([(0.8, 0.7), (0.6, 0.9), (None, None)]):
+        (tmp_path / f"fold_{i}").mkdir()
+        if val is not None:
+            metrics = {"val_acc": val, "test_acc": test, "train_acc": 1.0, "train_time_s": 2.0, "best_epoch": 3}
+            (tmp_path / f"fold_{i}" / "metrics.json").write_text(json.dumps(metrics))
+    rows = fold_rows(tmp_path)
+    assert [r["status"] for r in rows] == ["done", "done", "unfinished"]
+    summary = fold_summary(rows)
+    assert summary["finished"] == 2 and summary["folds"] == 2
+    assert summary["val_acc"] == pytest.approx(0.7) and summary["test_acc"] == pytest.approx(0.8)
+    assert summary["test_acc_std"] == pytest.approx(statistics.stdev([0.7, 0.9]))
+    assert summary["train_time_s"] == 4.0
+    assert summarize_folds([{"val_acc": 0.5, "test_acc": 0.5, "train_acc": 0.5, "train_time_s": 1}])["test_acc_std"] == 0
+
+
+def test_sweep_rows_sort_by_validation_and_show_what_varies(tmp_path):
+    for job, (lr, val) in enumerate([(0.1, 0.6), (0.01, 0.9), (0.001, None)]):
+        hydra_dir = tmp_path / str(job) / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(["dataset=MUTAG", f"optim.lr={lr}"]))
+        if val is not None:
+            (tmp_path / str(job) / "metrics.json").write_text(json.dumps({"val_acc": val, "test_acc": 0.5}))
+    rows = sweep_rows(tmp_path)
+    assert [(r["job"], r["status"], r["overrides"]) for r in rows] == [
+        ("1", "done", "optim.lr=0.01"), ("0", "done", "optim.lr=0.1"), ("2", "unfinished", "optim.lr=0.001")]
+    assert common_overrides(rows) == "dataset=MUTAG"
+
+
+def test_joblib_multirun_and_summarize_an_interrupted_sweep(tmp_path, data_env):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", "hydra/launcher=parallel", "threads=1", *QUICK, "seed=1,2,3",
+                      f"hydra.sweep.dir={sweep}"], tmp_path, data_env)
+    assert result.returncode == 0, result.stderr
+    assert "JoblibLauncher" in (sweep / "multirun.yaml").read_text()
+    assert len(list(sweep.glob("*/metrics.json"))) == 3
+    lines = (sweep / "summary.csv").read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("job,overrides,status,val_acc")
+    vals = [float(line.split(",")[3]) for line in lines[1:]]
+    assert vals == sorted(vals, reverse=True)
+
+    (sweep / "2" / "metrics.json").unlink()  # job 2 never finished
+    for name in ("summary.csv", "summary.md"):
+        (sweep / name).unlink()
+    summary = run_cli(["summarize", str(sweep)], tmp_path, data_env)
+    assert summary.returncode == 0, summary.stderr
+    assert "unfinished" in summary.stdout and "seed=3" in summary.stdout
+    assert "2,seed=3,unfinished" in (sweep / "summary.csv").read_text()
+
+
+def test_submitit_local_multirun(tmp_path, data_env):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", "hydra/launcher=slurm_local", *QUICK, "model.memory.tau=0.5,2.0",
+                      f"hydra.sweep.dir={sweep}"], tmp_path, data_env)
+    assert result.returncode == 0, result.stderr
+    assert "LocalLauncher" in (sweep / "multirun.yaml").read_text()
+    assert (sweep / ".submitit").is_dir()
+    assert len(list(sweep.glob("*/metrics.json"))) == 2
+    assert "model.memory.tau=2.0" in (sweep / "summary.md").read_text()
+
+
+def test_optuna_search_maximises_validation_accuracy(tmp_path, data_env):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3", *QUICK,
+                      f"hydra.sweep.dir={sweep}"], tmp_path, data_env)
+    assert result.returncode == 0, result.stderr
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    vals = [_metrics(path)["val_acc"] for path in sweep.glob("*/metrics.json")]
+    assert len(vals) == 3 and best["best_value"] == pytest.approx(max(vals))
+    assert "optim.lr" in best["best_params"]
+
+
+def test_runs_started_together_get_their_own_directories(tmp_path, data_env):
+    env = {**os.environ, **data_env}
+    env.pop("HYDRA_FULL_ERROR", None)
+    command = [sys.executable, "-m", "mempool_cli", "train", *TINY_ARGS, "train.epochs=1"]
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert len(list(tmp_path.glob("runs/TINY/*/metrics.json"))) == 2
