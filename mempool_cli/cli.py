@@ -85,9 +85,17 @@ def _fail(exc: BaseException, debug: bool) -> None:
 
 
 def _remove_if_empty(run_dir: Path) -> None:
-    """Remove a failed run's directory when it holds only what Hydra and the start of a run wrote."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", "config.yaml"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    """Remove a failed run's directory when it holds only what Hydra and the start of a run wrote, and the
+    folders above it (such as ``runs/PROTEINS``) that are left empty, up to the working directory."""
+    run_dir = run_dir.absolute()
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {".hydra", "train.log", "config.yaml"}:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd = Path.cwd().absolute()
+    for parent in run_dir.parents:
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def _show_kfold(run_dir: Path) -> None:

@@ -57,6 +57,7 @@ def test_kfold_rerun_skips_finished_folds_and_refuses_other_folds(kfold_run):
     cwd, env, args, _ = kfold_run
     run = cwd / "run"
     stamps = {i: (run / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in (0, 2)}
+    folds_file = (run / "folds.json").read_bytes()
     (run / "fold_1" / "metrics.json").unlink()  # as if the run had stopped during fold 1
     result = run_cli(args, cwd, env)
     assert result.returncode == 0, result.stderr
@@ -64,6 +65,7 @@ def test_kfold_rerun_skips_finished_folds_and_refuses_other_folds(kfold_run):
     assert "fold 0 already finished" in log and "fold 2 already finished" in log and "fold 1 resumes" in log
     assert {i: (run / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in (0, 2)} == stamps
     assert (run / "fold_1" / "metrics.json").exists()
+    assert (run / "folds.json").read_bytes() == folds_file  # written once, reused
     other = run_cli([a if a != "protocol.folds=3" else "protocol.folds=4" for a in args], cwd, env)
     assert other.returncode != 0 and len(other.stderr.strip().splitlines()) == 1
     assert "protocol.folds" in other.stderr and "3 folds" in other.stderr
