@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from mempool_cli.sweep import fold_rows, fold_summary
+
 DATASETS = ["MUTAG", "PROTEINS", "PROTEINS_full", "ENZYMES", "NCI1", "IMDB-BINARY", "DD"]
 
 # Errica et al., "A Fair Comparison of Graph Neural Networks for Graph Classification" (ICLR 2020): stratified
@@ -74,14 +76,17 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
     ]
     for name in names:
         summary_path = out / name / "summary.json"
-        if not summary_path.exists():
+        partial = fold_summary(fold_rows(out / name)) if (out / name / "folds.json").exists() else None
+        if not summary_path.exists() and partial is None:
             reason = "not run: raw data not present here" if not raw_present(name) else "not run yet"
             lines.append(f"| {name} | ({reason}) | | {ERRICA.get(name, 'not reported')} | "
                          f"| {MEMGNN.get(name, 'not reported')} | | |")
             continue
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else partial
         mean = 100 * summary["test_acc"]
         verdict = ("yes" if mean > ERRICA_BEST[name] else "no") if name in ERRICA_BEST else "n/a"
+        if not summary_path.exists():
+            verdict = f"unfinished: {summary['finished']} of {folds} folds"
         config = f"`dataset={name} protocol=kfold{' ' + ' '.join(overrides) if overrides else ''}`"
         minutes = summary["train_time_s"] / 60
         lines.append(f"| {name} | **{percent(summary, 'test_acc')}** | {percent(summary, 'val_acc')} | "
@@ -104,8 +109,12 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("runs/results"))
     parser.add_argument("--table", type=Path, default=Path("docs/results.md"))
+    parser.add_argument("--table-only", action="store_true", help="only rewrite the table from the runs in --out")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every dataset (after --)")
     args = parser.parse_args()
+    if args.table_only:
+        write_table(args.out, args.datasets, args.folds, args.overrides, args.table)
+        return
     for name in args.datasets:
         try:
             seconds = run_dataset(name, args.out, args.folds, args.overrides)
