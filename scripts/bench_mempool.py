@@ -5,8 +5,8 @@
    (PyG layer, its two-phase KL step) against the trainer's loop (our layer, one forward per batch);
 3. the limit: the same encoder with a global mean-pool readout instead of the memory layers.
 
-Timings alternate the two sides and keep the median of --repeats; peak memory is the peak growth of the resident
-set of a fresh process that runs one epoch of that side alone.
+Timings take the sides in turn in every repeat and keep the median of --repeats; peak memory is the peak growth
+of the resident set of a fresh process that runs one epoch of that side alone.
 
     MEMPOOL_DATA_SOURCE=../shared/data/TUDataset python scripts/bench_mempool.py
 """
@@ -67,16 +67,17 @@ def peak_rss_mb(build, *args) -> float:
     return value
 
 
-def timed_pair(run_a, run_b, repeats: int) -> tuple[float, float]:
-    """Median seconds of two callables, alternated so that both see the same machine state."""
-    run_a(), run_b()  # warm-up
-    a, b = [], []
+def timed(runs: list, repeats: int) -> list[float]:
+    """Median seconds of each callable, run in turn every repeat so that all see the same machine state."""
+    for run in runs:  # warm-up
+        run()
+    seconds = [[] for _ in runs]
     for _ in range(repeats):
-        for fn, out in ((run_a, a), (run_b, b)):
+        for run, out in zip(runs, seconds):
             start = time.perf_counter()
-            fn()
+            run()
             out.append(time.perf_counter() - start)
-    return statistics.median(a), statistics.median(b)
+    return [statistics.median(times) for times in seconds]
 
 
 # ---------------------------------------------------------------- 1. the layer alone
@@ -117,8 +118,8 @@ def bench_layer(datasets, batch_sizes, hiddens, repeats: int, console: Console) 
                 ref = PygMemPooling(hidden, hidden, heads=5, num_clusters=10)
                 ours = MemPooling(hidden, hidden, heads=5, num_clusters=10)
                 ours.load_state_dict(ref.state_dict())
-                t_ref, t_ours = timed_pair(lambda: layer_epoch(ref, batches, False),
-                                           lambda: layer_epoch(ours, batches, True), repeats)
+                t_ref, t_ours = timed([lambda: layer_epoch(ref, batches, False),
+                                       lambda: layer_epoch(ours, batches, True)], repeats)
                 m_ref = peak_rss_mb(functools.partial, layer_epoch, ref, batches, False)
                 m_ours = peak_rss_mb(functools.partial, layer_epoch, ours, batches, True)
                 table.add_row(name, str(batch_size), str(hidden), f"{t_ref:.3f}", f"{t_ours:.3f}",
@@ -219,9 +220,7 @@ def epoch_runner(loop: str):
 def bench_epoch(repeats: int, console: Console) -> None:
     runs = {loop: epoch_runner(loop) for loop in EPOCH_LOOPS}
     num_graphs = len(runs["trainer"].args[1].dataset)
-    t_example, t_trainer = timed_pair(runs["example"], runs["trainer"], repeats)
-    t_limit, t_trainer_again = timed_pair(runs["limit"], runs["trainer"], repeats)
-    seconds = {"example": t_example, "trainer": t_trainer, "limit": t_limit}
+    seconds = dict(zip(runs, timed(list(runs.values()), repeats)))
     table = Table(title=f"2-3. training epoch on PROTEINS ({num_graphs} graphs, batch 20), PyG example architecture")
     for column in ("loop", "s / epoch", "graphs / s", "peak MiB"):
         table.add_column(column, justify="right")
@@ -229,8 +228,9 @@ def bench_epoch(repeats: int, console: Console) -> None:
         table.add_row(label, f"{seconds[loop]:.3f}", f"{num_graphs / seconds[loop]:.0f}",
                       f"{peak_rss_mb(epoch_runner, loop):.0f}")
     console.print(table)
-    console.print(f"2. trainer loop vs PyG example loop: {t_example / t_trainer:.2f}x faster (target >= 2.5x)")
-    console.print(f"3. trainer loop with memory layers vs mean-pool limit: {t_trainer_again / t_limit:.2f}x "
+    console.print(f"2. trainer loop vs PyG example loop: {seconds['example'] / seconds['trainer']:.2f}x faster "
+                  "(target >= 2.5x)")
+    console.print(f"3. trainer loop with memory layers vs mean-pool limit: {seconds['trainer'] / seconds['limit']:.2f}x "
                   f"the time (target <= 1.5x)")
 
 

@@ -11,8 +11,10 @@ EPS = 1e-15
 
 
 class _Assign(torch.autograd.Function):
-    """Soft assignments ``S`` ``[M, K]`` of rows ``x`` ``[M, F]`` to K-major keys ``[K*H, F]``, with head
+    """Soft assignments ``S`` ``[M, K]`` of rows ``x`` ``[M, F]`` to H-major keys ``[H*K, F]``, with head
     weights ``w`` ``[H]``; one fused op with a hand-derived backward (the formulas of :meth:`MemPooling.forward`).
+    Inside, the node dimension is the contiguous last one (``[H, K, M]``), so every elementwise op runs over
+    long rows.
 
     With ``split_key_grad`` it returns two copies of ``S``: the gradient reaching the first flows to ``x`` and
     ``w`` only, the gradient reaching the second to the keys only (both in one backward pass).
@@ -20,72 +22,71 @@ class _Assign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, keys: Tensor, w: Tensor, num_clusters: int, tau: float, split_key_grad: bool):
-        K, H = num_clusters, w.numel()
-        dist = torch.addmm((keys * keys).sum(-1), x, keys.t(), alpha=-2.0)
-        dist.add_((x * x).sum(-1, keepdim=True)).clamp_min_(0.0)
+        (M, _), K, H = x.shape, num_clusters, w.numel()
+        # tau + ||k - x||^2, clamped at tau against rounding below zero distance
+        q = torch.addmm((keys * keys).sum(-1, keepdim=True).add_(tau), keys, x.t(), alpha=-2.0)
+        q.add_((x * x).sum(-1)).clamp_min_(tau)
         if tau == 1.0:
-            q = dist.add_(1.0).reciprocal_()  # (1 + d)^-1
+            q.reciprocal_()  # (1 + d)^-1
         else:
-            q = dist.div_(tau).add_(1.0).pow_(-(tau + 1.0) / 2.0)
-        q = q.view(-1, K, H)
-        Z = q.sum(dim=1, keepdim=True)
-        S_heads = q / Z
-        S = torch.softmax(S_heads @ w, dim=-1)
-        ctx.save_for_backward(x, keys, w, q, Z, S_heads, S)
+            q.div_(tau).pow_(-(tau + 1.0) / 2.0)
+        q = q.view(H, K, M)
+        S_heads = q / q.sum(dim=1, keepdim=True)
+        S_t = torch.softmax((w @ S_heads.view(H, K * M)).view(K, M), dim=0)
+        ctx.save_for_backward(x, keys, w, q, S_heads, S_t)
         ctx.tau = tau
+        S = S_t.t().contiguous()
         return (S, S.clone()) if split_key_grad else S
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        x, keys, w, q, Z, S_heads, S = ctx.saved_tensors
+        x, keys, w, q, S_heads, S_t = ctx.saved_tensors
         tau = ctx.tau
-        M, K, H = q.shape
-        grad_S = torch.stack(grads)  # [T, M, K]: T = 2 streams (x and w; keys) when split, else 1
-        grad_logits = S * (grad_S - (grad_S * S).sum(-1, keepdim=True))
-        grad_w = grad_logits[0].reshape(1, M * K) @ S_heads.reshape(M * K, H)
-        grad_heads = grad_logits.unsqueeze(-1) * w
-        grad_q = (grad_heads - (grad_heads * S_heads).sum(-2, keepdim=True)) / Z
-        # d q / d dist = -(1+tau)/2 * q / (tau + dist) = -(1+tau)/(2 tau) * q^(1 + 2/(1+tau))
-        exponent = 1.0 + 2.0 / (1.0 + tau)
-        grad_dist = (grad_q * q.pow(exponent) if tau != 1.0 else grad_q * (q * q)).mul_(-(1.0 + tau) / (2.0 * tau))
-        grad_dist = grad_dist.view(-1, M, K * H)
+        H, K, M = q.shape
+        grad_S = torch.stack([g.t() for g in grads])  # [T, K, M], T streams (2 when split)
+        grad_logits = (S_t * (grad_S - (grad_S * S_t).sum(-2, keepdim=True))).unsqueeze(1)  # [T, 1, K, M]
+        # through the normalisation over K: grad_q = w_h (grad_logits - c_h) / Z_h
+        c = (grad_logits * S_heads).sum(-2, keepdim=True)  # [T, H, 1, M]
+        grad_w = c[0].sum((1, 2))
+        # d q / d dist = -(1+tau)/(2 tau) q^(1 + 2/(1+tau)), and q / Z = S_heads
+        q_factor = q if tau == 1.0 else q.pow(2.0 / (1.0 + tau))
+        scale = (S_heads * q_factor).mul_(w.view(H, 1, 1) * (-(1.0 + tau) / (2.0 * tau)))
+        grad_dist = ((grad_logits - c) * scale).view(-1, H * K, M)
         grad_x = grad_keys = None
         if ctx.needs_input_grad[0]:
             g = grad_dist[0]
-            grad_x = torch.addmm(x * (2.0 * g.sum(1, keepdim=True)), g, keys, alpha=-2.0)
+            grad_x = torch.addmm(x * g.sum(0).unsqueeze(1), g.t(), keys, beta=2.0, alpha=-2.0)
         if ctx.needs_input_grad[1]:
             g = grad_dist[-1]
-            grad_keys = torch.addmm(keys * (2.0 * g.sum(0).unsqueeze(1)), g.t(), x, alpha=-2.0)
-        return grad_x, grad_keys, grad_w.view(H), None, None, None
+            grad_keys = torch.addmm(keys * g.sum(1, keepdim=True), g, x, beta=2.0, alpha=-2.0)
+        return grad_x, grad_keys, grad_w, None, None, None
 
 
 class _NodeKL(torch.autograd.Function):
-    """``sum_i sum_j P_ij (log P_ij - log S_ij)`` over node-list ``S`` ``[N, K]`` with per-graph column sums;
+    """``sum_i sum_j P_ij log(P_ij / S_ij)`` over node-list ``S`` ``[N, K]`` with per-graph column sums;
     one fused op with a hand-derived backward (P is a function of S, as in PyG's ``kl_loss``)."""
 
     @staticmethod
     def forward(ctx, S: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        col = S.new_zeros(num_graphs, S.size(1)).index_add_(0, batch, S).index_select(0, batch)
-        Q = S * S / col
+        graph_col = S.new_zeros(num_graphs, S.size(1)).index_add_(0, batch, S).clamp_min_(EPS)
+        Q = S * S / graph_col.index_select(0, batch)
         r = Q.sum(-1, keepdim=True)
-        P = Q / r
-        P_c, S_c = P.clamp(EPS), S.clamp(EPS)
-        log_ratio = P_c.log() - S_c.log()
-        ctx.save_for_backward(S, batch, col, P, r, P_c, S_c, log_ratio)
+        P = Q.div_(r)
+        S_c = S.clamp(EPS)
+        log_ratio = (P / S_c).clamp_min_(EPS).log_()  # log P - log S, P clamped like PyG's
+        ctx.save_for_backward(batch, graph_col, P, S_c, log_ratio)
         ctx.num_graphs = num_graphs
-        return (P_c * log_ratio).sum()
+        return (P * log_ratio).sum()
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
-        S, batch, col, P, r, P_c, S_c, log_ratio = ctx.saved_tensors
-        grad_P = (log_ratio + 1.0) * (P >= EPS)
-        grad_S = -(P_c / S_c) * (S >= EPS)
-        grad_Q = (grad_P - (grad_P * P).sum(-1, keepdim=True)) / r
-        Q_over_col = P * r / col  # Q / col
-        grad_S += 2.0 * grad_Q * S / col
-        grad_col = -(grad_Q * Q_over_col)
-        grad_S += S.new_zeros(ctx.num_graphs, S.size(1)).index_add_(0, batch, grad_col).index_select(0, batch)
-        return grad_S * grad_loss, None, None
+        # L = sum P log(P/S), P = Q / r, Q = S^2 / col:  with u = P (log_ratio - <log_ratio, P>),
+        # dL/dS = (2u - P) / S - (per-graph sum of u / col)[batch]
+        batch, graph_col, P, S_c, log_ratio = ctx.saved_tensors
+        u = (log_ratio - (log_ratio * P).sum(-1, keepdim=True)).mul_(P)
+        graph_term = P.new_zeros(ctx.num_graphs, P.size(1)).index_add_(0, batch, u).div_(graph_col)
+        grad_S = torch.add(-P, u, alpha=2.0).div_(S_c).sub_(graph_term.index_select(0, batch))
+        return grad_S.mul_(grad_loss), None, None
 
 
 class _SegmentTransposeMatmul(torch.autograd.Function):
@@ -116,29 +117,31 @@ class _SegmentTransposeMatmul(torch.autograd.Function):
         return grad_S, grad_x, None
 
 
-BLOCK_DIAGONAL_LIMIT = 1 << 22  # multiply-adds (N * B*K * F) up to which one block-diagonal GEMM beats a loop
+BLOCK_DIAGONAL_LIMIT = 1 << 24  # multiply-adds (N * B*K * F) up to which one block-diagonal GEMM beats a loop
 
 
-def segment_pool(S: Tensor, x: Tensor, batch: Tensor, counts: Tensor) -> Tensor:
+def segment_pool(S: Tensor, x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     """``out[b] = S_b^T X_b`` ``[B, K, F]`` for node-list ``S`` ``[N, K]`` and ``x`` ``[N, F]``, no padding.
 
     Small batches: one GEMM with the block-diagonal ``[N, B*K]`` spread of ``S`` (B times the work, one call).
     Larger ones: one GEMM per graph.
     """
-    (N, K), B = S.shape, counts.numel()
+    (N, K), B = S.shape, num_graphs
     if N * B * K * x.size(1) <= BLOCK_DIAGONAL_LIMIT:
         columns = batch.unsqueeze(1) * K + torch.arange(K, device=S.device)
         spread = S.new_zeros(N, B * K).scatter(1, columns, S)
         return (spread.t() @ x).view(B, K, -1)
-    return _SegmentTransposeMatmul.apply(S, x, counts.tolist())
+    return _SegmentTransposeMatmul.apply(S, x, torch.bincount(batch, minlength=B).tolist())
 
 
-def _node_counts(batch: Optional[Tensor], num_nodes: int, batch_size: Optional[int]) -> Tuple[Tensor, int]:
+def _resolve_batch(batch: Optional[Tensor], num_nodes: int, batch_size: Optional[int],
+                   device: torch.device) -> Tuple[Tensor, int]:
+    """The batch vector (all zeros when ``None``: one graph) and the number of graphs."""
     if batch is None:
-        return torch.full((1,), num_nodes, dtype=torch.long), 1
+        return torch.zeros(num_nodes, dtype=torch.long, device=device), 1
     if batch_size is None:
         batch_size = int(batch.max()) + 1 if batch.numel() else 0
-    return torch.bincount(batch, minlength=batch_size), batch_size
+    return batch, batch_size
 
 
 class MemPooling(torch.nn.Module):
@@ -202,7 +205,7 @@ class MemPooling(torch.nn.Module):
             S = x.new_ones(x.size(0), 1)
             return S, S
         H, K = self.heads, self.num_clusters
-        keys = self.k.transpose(0, 1).reshape(K * H, -1)  # K-major rows: (k, h)
+        keys = self.k.reshape(H * K, -1)  # H-major rows: (h, k)
         S = _Assign.apply(x, keys, self.conv.weight.view(H), K, self.tau, split_key_grad)
         return S if split_key_grad else (S, S)
 
@@ -234,11 +237,9 @@ class MemPooling(torch.nn.Module):
                 S = S * mask.view(B, N, 1).to(S.dtype)
                 S_pool = S_pool * mask.view(B, N, 1).to(S.dtype) if self.split_key_grad else S
             return self.lin(S_pool.transpose(1, 2) @ x), S
-        counts, _ = _node_counts(batch, x.size(0), batch_size)
-        if batch is None:
-            batch = x.new_zeros(x.size(0), dtype=torch.long)
+        batch, num_graphs = _resolve_batch(batch, x.size(0), batch_size, x.device)
         S_pool, S = self._assign(x, self.split_key_grad)
-        return self.lin(segment_pool(S_pool, x, batch, counts)), S
+        return self.lin(segment_pool(S_pool, x, batch, num_graphs)), S
 
     @staticmethod
     def kl_loss(S: Tensor, batch: Optional[Tensor] = None, batch_size: Optional[int] = None) -> Tensor:
@@ -254,9 +255,7 @@ class MemPooling(torch.nn.Module):
         if S.size(-1) == 1:  # one cluster: P = S, so the divergence is exactly zero
             return S.new_zeros(())
         if S.dim() == 2:
-            _, num_graphs = _node_counts(batch, S.size(0), batch_size)
-            if batch is None:
-                batch = S.new_zeros(S.size(0), dtype=torch.long)
+            batch, num_graphs = _resolve_batch(batch, S.size(0), batch_size, S.device)
             return _NodeKL.apply(S, batch, num_graphs) / num_graphs
         column_sums = S.sum(dim=1, keepdim=True)
         P = S * S / column_sums.clamp_min(EPS)
