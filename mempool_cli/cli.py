@@ -198,7 +198,7 @@ def summarize(
 
     Example: mempool summarize multirun/2026-11-23_10-00-00-000000
     """
-    from mempool_cli.sweep import collect, sweep_table, write_sweep_summary
+    from mempool_cli.sweep import collect, sweep_tables, write_sweep_summary
 
     try:
         kind, rows = collect(path)
@@ -209,7 +209,7 @@ def summarize(
     if kind == "kfold":
         _show_kfold(path)
     else:
-        console.print(sweep_table(path, rows))
+        console.print(*sweep_tables(path, rows))
 
 
 def main() -> None:

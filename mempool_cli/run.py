@@ -110,6 +110,7 @@ def load_raw(cfg: DictConfig):
 
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that shape a run's results, as dotted keys (paths, threads, device and display left out)."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -300,6 +301,18 @@ def _folds(cfg: DictConfig, labels: torch.Tensor, run_dir: Path) -> tuple[list[d
     return payload["folds"], payload["meta"]
 
 
+def _check_kfold_rerun(cfg: DictConfig, run_dir: Path) -> None:
+    """A k-fold rerun keeps the folds already finished, so it must have the settings they were trained with."""
+    previous = run_dir / "config.yaml"
+    if not previous.exists():
+        return
+    old, new = _flat_hparams(OmegaConf.load(previous)), _flat_hparams(cfg)
+    changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    if changed:
+        raise ConfigError(f"{run_dir} holds a k-fold run with other settings ({', '.join(changed)}); "
+                          "rerun it with the same ones, or use a new directory")
+
+
 def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """Each accuracy's mean over the folds (under its own name, e.g. ``test_acc``) and its sample standard
     deviation (``test_acc_std``), so that sweeps sort k-fold jobs like holdout ones."""
@@ -318,6 +331,8 @@ def train(cfg: DictConfig, run_dir: str | Path, reporter: Optional[Reporter] = N
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
+    if cfg.protocol.name == "kfold":
+        _check_kfold_rerun(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     raw_dataset, labels = load_raw(cfg)

@@ -15,13 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from mempool_cli.errors import MempoolError
-from mempool_cli.report import rows_table
+from mempool_cli.data import write_json_atomic
+from mempool_cli.report import mean_std_table, rows_table
 from mempool_cli.run import summarize_folds
 
 log = logging.getLogger(__name__)
 
 SWEEP_COLUMNS = ("job", "overrides", "status", "val_acc", "test_acc", "test_acc_std", "best_epoch", "train_time_s")
 FOLD_COLUMNS = ("fold", "status", "val_acc", "test_acc", "best_epoch", "train_time_s")
+SELECTION_COLUMNS = ("fold", "job", "overrides", "val_acc", "test_acc")
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -31,7 +33,8 @@ def _read_json(path: Path) -> Optional[dict]:
         return None
 
 
-def _job_dirs(sweep_dir: Path) -> list[Path]:
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders of a Hydra sweep (those with .hydra/overrides.yaml), in job order."""
     jobs = [d for d in sweep_dir.iterdir() if d.is_dir() and (d / ".hydra" / "overrides.yaml").exists()]
     return sorted(jobs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
 
@@ -39,7 +42,7 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job of a Hydra sweep: the overrides that vary between jobs (all of them under
     ``all_overrides``) and its metrics, best validation accuracy first, unfinished jobs last."""
-    jobs = _job_dirs(sweep_dir)
+    jobs = job_dirs(sweep_dir)
     overrides = [yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [] for job in jobs]
     common = set.intersection(*map(set, overrides)) if len(overrides) > 1 else set()
     rows = []
@@ -81,6 +84,30 @@ def is_kfold_run(path: Path) -> bool:
     return (path / "folds.json").exists() or any(path.glob("fold_*"))
 
 
+def fold_selection(sweep_dir: Path) -> Optional[dict[str, Any]]:
+    """Model selection per fold over a sweep of k-fold jobs (Errica et al.'s protocol): in each fold, the job with
+    the best validation accuracy (the first job on a tie) and its test accuracy.
+
+    Returns ``{"rows": one per selected fold, "summary": mean +- std over them, "folds": k}``, or ``None`` unless
+    the sweep has two or more k-fold jobs on the same fold assignments. Folds that a job has not finished yet are
+    left out.
+    """
+    jobs = job_dirs(sweep_dir)
+    assignments = {json.dumps((_read_json(job / "folds.json") or {}).get("folds")) for job in jobs}
+    if len(jobs) < 2 or len(assignments) != 1 or assignments == {"null"}:
+        return None
+    varying = {row["job"]: row["overrides"] for row in sweep_rows(sweep_dir)}
+    per_job = [(job.name, fold_rows(job)) for job in jobs]
+    k = len(per_job[0][1])
+    rows = []
+    for i in range(k):
+        candidates = [(name, folds[i]) for name, folds in per_job]
+        if all(fold["status"] == "done" for _, fold in candidates):
+            name, best = max(candidates, key=lambda candidate: candidate[1]["val_acc"])
+            rows.append({**best, "job": name, "overrides": varying[name]})
+    return {"rows": rows, "summary": summarize_folds(rows), "folds": k} if rows else None
+
+
 def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
@@ -104,20 +131,36 @@ def present_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Write ``summary.csv`` and ``summary.md`` into the sweep directory; returns the rows."""
+    """Write ``summary.csv`` and ``summary.md`` (and ``selection.json`` for a sweep of k-fold jobs) into the sweep
+    directory; returns the rows."""
     rows = sweep_rows(sweep_dir)
     (sweep_dir / "summary.csv").write_text(to_csv(rows, SWEEP_COLUMNS + ("all_overrides",)))
-    header = (f"# Sweep {sweep_dir.name} (best validation accuracy first)\n\n"
-              f"Common overrides: `{common_overrides(rows)}`\n\n")
-    (sweep_dir / "summary.md").write_text(header + to_markdown(rows, present_columns(rows)))
+    markdown = (f"# Sweep {sweep_dir.name} (best validation accuracy first)\n\n"
+                f"Common overrides: `{common_overrides(rows)}`\n\n" + to_markdown(rows, present_columns(rows)))
+    selection = fold_selection(sweep_dir)
+    if selection:
+        write_json_atomic(sweep_dir / "selection.json", selection)
+        summary = selection["summary"]
+        markdown += (f"\n## Model selection per fold (on validation accuracy)\n\n"
+                     f"test_acc {summary['test_acc']:.4f} +- {summary['test_acc_std']:.4f} over "
+                     f"{summary['folds']} of {selection['folds']} folds\n\n"
+                     + to_markdown(selection["rows"], SELECTION_COLUMNS))
+    (sweep_dir / "summary.md").write_text(markdown)
     return rows
 
 
-def sweep_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
-    """The rich table of a sweep, its common overrides in the caption."""
+def sweep_tables(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Table]:
+    """The rich table of a sweep (its common overrides in the caption) and, for a sweep of k-fold jobs, the
+    per-fold model selection with its mean +- std."""
     table = rows_table(rows, present_columns(rows), title=f"sweep {sweep_dir} (best validation first)")
     table.caption = f"common overrides: {common_overrides(rows)}"
-    return table
+    selection = fold_selection(sweep_dir)
+    if not selection:
+        return [table]
+    done, k = selection["summary"]["folds"], selection["folds"]
+    title = f"model selection per fold on validation accuracy ({done} of {k} folds)"
+    return [table, rows_table(selection["rows"], SELECTION_COLUMNS, title=title),
+            mean_std_table(selection["summary"], title="selected models: mean +- std over folds")]
 
 
 def collect(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -140,5 +183,5 @@ class SweepSummaryCallback(Callback):
         if not sweep_dir.is_dir():
             return
         rows = write_sweep_summary(sweep_dir)
-        Console().print(sweep_table(sweep_dir, rows))
+        Console().print(*sweep_tables(sweep_dir, rows))
         log.info("sweep summary written to %s", sweep_dir / "summary.md")

@@ -13,7 +13,8 @@ import yaml
 
 from conftest import TINY_ARGS, run_cli
 from mempool_cli.run import summarize_folds
-from mempool_cli.sweep import common_overrides, fold_rows, fold_summary, sweep_rows
+from mempool_cli.sweep import (common_overrides, fold_rows, fold_selection, fold_summary, sweep_rows,
+                               write_sweep_summary)
 
 QUICK = [*TINY_ARGS, "train.epochs=2"]
 
@@ -53,7 +54,7 @@ def test_kfold_writes_folds_per_fold_units_and_summary(kfold_run):
     assert "+-" in result.stdout and "fold" in result.stdout
 
 
-def test_kfold_rerun_skips_finished_folds_and_refuses_other_folds(kfold_run):
+def test_kfold_rerun_skips_finished_folds_and_refuses_other_settings_or_folds(kfold_run):
     cwd, env, args, _ = kfold_run
     run = cwd / "run"
     stamps = {i: (run / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in (0, 2)}
@@ -66,7 +67,14 @@ def test_kfold_rerun_skips_finished_folds_and_refuses_other_folds(kfold_run):
     assert {i: (run / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in (0, 2)} == stamps
     assert (run / "fold_1" / "metrics.json").exists()
     assert (run / "folds.json").read_bytes() == folds_file  # written once, reused
-    other = run_cli([a if a != "protocol.folds=3" else "protocol.folds=4" for a in args], cwd, env)
+    config = (run / "config.yaml").read_bytes()
+    changed = run_cli([*args, "model.dropout=0.3"], cwd, env)  # finished folds were trained without it
+    assert changed.returncode != 0 and len(changed.stderr.strip().splitlines()) == 1
+    assert "other settings (model.dropout)" in changed.stderr
+    assert (run / "config.yaml").read_bytes() == config
+    other_folds = [a if a != "protocol.folds=3" else "protocol.folds=4" for a in args if not a.startswith("hydra.run")]
+    other = run_cli([*other_folds, f"protocol.split_file={run / 'folds.json'}", f"hydra.run.dir={cwd / 'other'}"],
+                    cwd, env)
     assert other.returncode != 0 and len(other.stderr.strip().splitlines()) == 1
     assert "protocol.folds" in other.stderr and "3 folds" in other.stderr
 
@@ -98,6 +106,36 @@ def test_sweep_rows_sort_by_validation_and_show_what_varies(tmp_path):
     assert [(r["job"], r["status"], r["overrides"]) for r in rows] == [
         ("1", "done", "optim.lr=0.01"), ("0", "done", "optim.lr=0.1"), ("2", "unfinished", "optim.lr=0.001")]
     assert common_overrides(rows) == "dataset=MUTAG"
+
+
+def _kfold_job(sweep: Path, job: int, overrides: list[str], folds: list, results: list) -> None:
+    """A finished or interrupted k-fold job of a sweep, as files: ``results`` holds (val, test) or None per fold."""
+    (sweep / str(job) / ".hydra").mkdir(parents=True)
+    (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (sweep / str(job) / "folds.json").write_text(json.dumps({"meta": {}, "folds": folds}))
+    for i, result in enumerate(results):
+        (sweep / str(job) / f"fold_{i}").mkdir()
+        if result:
+            metrics = {"val_acc": result[0], "test_acc": result[1], "train_acc": 1.0, "train_time_s": 1.0}
+            (sweep / str(job) / f"fold_{i}" / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_fold_selection_picks_the_best_validation_job_in_each_fold(tmp_path):
+    folds = [{"train": [1], "val": [2], "test": [0]}] * 4
+    _kfold_job(tmp_path, 0, ["model.hidden=64"], folds, [(0.8, 0.70), (0.6, 0.60), (0.7, 0.50), (0.9, 0.9)])
+    _kfold_job(tmp_path, 1, ["model.hidden=128"], folds, [(0.7, 0.99), (0.9, 0.80), (0.7, 0.10), None])
+    selection = fold_selection(tmp_path)
+    assert [(r["fold"], r["job"], r["test_acc"]) for r in selection["rows"]] == [
+        (0, "0", 0.70), (1, "1", 0.80), (2, "0", 0.50)]  # a tie goes to the first job; fold 3 is unfinished
+    assert selection["folds"] == 4 and selection["summary"]["folds"] == 3
+    assert selection["summary"]["test_acc"] == pytest.approx(statistics.fmean([0.70, 0.80, 0.50]))
+    assert selection["rows"][1]["overrides"] == "model.hidden=128"
+    write_sweep_summary(tmp_path)
+    assert json.loads((tmp_path / "selection.json").read_text())["summary"]["folds"] == 3
+    assert "Model selection per fold" in (tmp_path / "summary.md").read_text()
+
+    (tmp_path / "1" / "folds.json").write_text(json.dumps({"meta": {}, "folds": folds[:3]}))
+    assert fold_selection(tmp_path) is None  # other fold assignments: nothing to compare
 
 
 def test_joblib_multirun_and_summarize_an_interrupted_sweep(tmp_path, data_env):
