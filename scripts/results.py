@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from mempool_cli.sweep import job_dirs, fold_rows, fold_selection, fold_summary
+from mempool_cli.sweep import fold_rows, fold_selection, fold_summary, job_dirs, sweep_rows
 
 DATASETS = ["MUTAG", "PROTEINS", "PROTEINS_full", "ENZYMES", "NCI1", "IMDB-BINARY", "DD"]
 
@@ -82,15 +82,25 @@ def selection_result(sweep_dir: Path) -> Optional[dict]:
             "train_time_s": sum(job["train_time_s"] for job in jobs if job)}
 
 
-def selection_cell(selected: Optional[dict], folds: int) -> str:
+def grid_of(sweep_dir: Path) -> str:
+    """The grid a sweep ran, as sweep overrides (``model.hidden=64,128 model.dropout=0.5,0.2``)."""
+    values: dict[str, list[str]] = {}
+    for row in sorted(sweep_rows(sweep_dir), key=lambda row: int(row["job"]) if row["job"].isdigit() else 0):
+        for token in row["overrides"].split():
+            key, _, value = token.partition("=")
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return " ".join(f"{key}={','.join(options)}" for key, options in values.items())
+
+
+def selection_cell(selected: Optional[dict], folds: int, sweep_dir: Path) -> str:
     if selected is None:
         return "not run"
     done = "" if selected["finished"] == folds else f" ({selected['finished']} of {folds} folds)"
-    return f"**{percent(selected, 'test_acc')}**{done}"
+    return f"**{percent(selected, 'test_acc')}**{done} over `{grid_of(sweep_dir)}`"
 
 
-def write_table(out: Path, select: Path, names: list[str], folds: int, overrides: list[str], sweep: list[str],
-                target: Path) -> None:
+def write_table(out: Path, select: Path, names: list[str], folds: int, overrides: list[str], target: Path) -> None:
     """docs/results.md from the runs (and sweeps) of every dataset."""
     extra = " " + " ".join(overrides) if overrides else ""
     lines = [
@@ -104,8 +114,8 @@ def write_table(out: Path, select: Path, names: list[str], folds: int, overrides
         "split and reports its test accuracy; test folds never choose anything.",
         "",
         f"Command: `python scripts/results.py --folds {folds}{' -- ' + ' '.join(overrides) if overrides else ''}`"
-        f" (torch {torch.__version__}, {os.cpu_count()} CPU cores)"
-        + (f"; grid: `--sweep {' '.join(sweep)}`." if sweep else "."),
+        f" (torch {torch.__version__}, {os.cpu_count()} CPU cores), and for a dataset's grid"
+        " `--datasets NAME --sweep <grid>` with the grid shown in its row.",
         "",
         "| dataset | defaults | val acc (defaults) | selected per fold | Errica et al. (fair protocol) "
         "| beats Errica's best row? | MemGNN paper (selected on the held-out fold) "
@@ -129,7 +139,7 @@ def write_table(out: Path, select: Path, names: list[str], folds: int, overrides
             (beaten if verdict == "yes" else short).append(name)
         times = [f"{label}{r['train_time_s'] / 60:.1f} min" for label, r in (("", default), ("grid ", selected)) if r]
         cells = [percent(default, "test_acc") if default else "", percent(default, "val_acc") if default else "",
-                 selection_cell(selected, folds)]
+                 selection_cell(selected, folds, select / name)]
         lines.append(f"| {name} | {' | '.join(cells)} | {errica} | {verdict} | {memgnn} | {'; '.join(times)} |")
     lines += [
         "",
@@ -158,7 +168,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
     args = parser.parse_args()
     table = functools.partial(write_table, args.out, args.select_out, args.datasets, args.folds, args.overrides,
-                              args.sweep, args.table)
+                              args.table)
     if args.table_only:
         table()
         return

@@ -133,6 +133,10 @@ def test_fold_selection_picks_the_best_validation_job_in_each_fold(tmp_path):
     write_sweep_summary(tmp_path)
     assert json.loads((tmp_path / "selection.json").read_text())["summary"]["folds"] == 3
     assert "Model selection per fold" in (tmp_path / "summary.md").read_text()
+    shown = run_cli(["summarize", str(tmp_path)], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "model selection per fold" in shown.stdout and "3 of 4 folds" in shown.stdout
+    assert "0.6667 +- 0.1528" in shown.stdout  # test_acc of the selected models: mean +- sample std
 
     (tmp_path / "1" / "folds.json").write_text(json.dumps({"meta": {}, "folds": folds[:3]}))
     assert fold_selection(tmp_path) is None  # other fold assignments: nothing to compare
