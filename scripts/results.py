@@ -146,6 +146,9 @@ def write_table(out: Path, select: Path, names: list[str], folds: int, overrides
         f"Above Errica et al.'s best row: {', '.join(beaten) or 'none'}. Below it: {', '.join(short) or 'none'}."
         " (The verdict uses the per-fold selection where it was run, the defaults elsewhere.)",
         "",
+        "Train times are the sums of the folds' training times; jobs that shared the cores with other jobs took",
+        "longer than they would alone.",
+        "",
         "The MemGNN paper's numbers are the best test-fold accuracy over training epochs, which selects on the",
         "test data and overstates; they are shown for reference only. Per-fold results: `mempool summarize "
         "OUT/<dataset>` for the defaults and `mempool summarize SELECT/<dataset>` for the grid, where OUT and",
