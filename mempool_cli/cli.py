@@ -198,18 +198,17 @@ def summarize(
 
     Example: mempool summarize multirun/2026-11-23_10-00-00-000000
     """
-    from mempool_cli.sweep import collect, sweep_tables, write_sweep_summary
+    from mempool_cli.sweep import collect, summarize_sweep
 
     try:
         kind, rows = collect(path)
-        if kind == "sweep":
-            write_sweep_summary(path)
+        tables = summarize_sweep(path, rows) if kind == "sweep" else []
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     if kind == "kfold":
         _show_kfold(path)
     else:
-        console.print(*sweep_tables(path, rows))
+        console.print(*tables)
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from mempool_cli.errors import MempoolError
 from mempool_cli.data import write_json_atomic
+from mempool_cli.errors import MempoolError
 from mempool_cli.report import mean_std_table, rows_table
 from mempool_cli.run import summarize_folds
 
@@ -84,9 +84,10 @@ def is_kfold_run(path: Path) -> bool:
     return (path / "folds.json").exists() or any(path.glob("fold_*"))
 
 
-def fold_selection(sweep_dir: Path) -> Optional[dict[str, Any]]:
+def fold_selection(sweep_dir: Path, rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
     """Model selection per fold over a sweep of k-fold jobs (Errica et al.'s protocol): in each fold, the job with
-    the best validation accuracy (the first job on a tie) and its test accuracy.
+    the best validation accuracy (the first job on a tie) and its test accuracy. ``rows`` are the sweep's
+    :func:`sweep_rows`.
 
     Returns ``{"rows": one per selected fold, "summary": mean +- std over them, "folds": k}``, or ``None`` unless
     the sweep has two or more k-fold jobs on the same fold assignments. Folds that a job has not finished yet are
@@ -96,7 +97,7 @@ def fold_selection(sweep_dir: Path) -> Optional[dict[str, Any]]:
     assignments = {json.dumps((_read_json(job / "folds.json") or {}).get("folds")) for job in jobs}
     if len(jobs) < 2 or len(assignments) != 1 or assignments == {"null"}:
         return None
-    varying = {row["job"]: row["overrides"] for row in sweep_rows(sweep_dir)}
+    varying = {row["job"]: row["overrides"] for row in rows}
     per_job = [(job.name, fold_rows(job)) for job in jobs]
     k = len(per_job[0][1])
     rows = []
@@ -130,14 +131,12 @@ def present_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
     return tuple(c for c in SWEEP_COLUMNS if any(c in row for row in rows))
 
 
-def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+def _write_summary_files(sweep_dir: Path, rows: list[dict[str, Any]], selection: Optional[dict[str, Any]]) -> None:
     """Write ``summary.csv`` and ``summary.md`` (and ``selection.json`` for a sweep of k-fold jobs) into the sweep
-    directory; returns the rows."""
-    rows = sweep_rows(sweep_dir)
+    directory."""
     (sweep_dir / "summary.csv").write_text(to_csv(rows, SWEEP_COLUMNS + ("all_overrides",)))
     markdown = (f"# Sweep {sweep_dir.name} (best validation accuracy first)\n\n"
                 f"Common overrides: `{common_overrides(rows)}`\n\n" + to_markdown(rows, present_columns(rows)))
-    selection = fold_selection(sweep_dir)
     if selection:
         write_json_atomic(sweep_dir / "selection.json", selection)
         summary = selection["summary"]
@@ -146,21 +145,26 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
                      f"{summary['folds']} of {selection['folds']} folds\n\n"
                      + to_markdown(selection["rows"], SELECTION_COLUMNS))
     (sweep_dir / "summary.md").write_text(markdown)
-    return rows
 
 
-def sweep_tables(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Table]:
+def _sweep_tables(sweep_dir: Path, rows: list[dict[str, Any]], selection: Optional[dict[str, Any]]) -> list[Table]:
     """The rich table of a sweep (its common overrides in the caption) and, for a sweep of k-fold jobs, the
     per-fold model selection with its mean +- std."""
     table = rows_table(rows, present_columns(rows), title=f"sweep {sweep_dir} (best validation first)")
     table.caption = f"common overrides: {common_overrides(rows)}"
-    selection = fold_selection(sweep_dir)
     if not selection:
         return [table]
     done, k = selection["summary"]["folds"], selection["folds"]
     title = f"model selection per fold on validation accuracy ({done} of {k} folds)"
     return [table, rows_table(selection["rows"], SELECTION_COLUMNS, title=title),
             mean_std_table(selection["summary"], title="selected models: mean +- std over folds")]
+
+
+def summarize_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Table]:
+    """Write a sweep's summary files (its :func:`sweep_rows` and per-fold selection) and return its tables."""
+    selection = fold_selection(sweep_dir, rows)
+    _write_summary_files(sweep_dir, rows, selection)
+    return _sweep_tables(sweep_dir, rows, selection)
 
 
 def collect(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -182,6 +186,5 @@ class SweepSummaryCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = write_sweep_summary(sweep_dir)
-        Console().print(*sweep_tables(sweep_dir, rows))
+        Console().print(*summarize_sweep(sweep_dir, sweep_rows(sweep_dir)))
         log.info("sweep summary written to %s", sweep_dir / "summary.md")

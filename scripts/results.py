@@ -73,19 +73,21 @@ def kfold_result(run_dir: Path) -> Optional[dict]:
 
 
 def selection_result(sweep_dir: Path) -> Optional[dict]:
-    """Per-fold model selection over a sweep of k-fold jobs, with ``finished`` and the time of all its jobs."""
-    selection = fold_selection(sweep_dir) if sweep_dir.is_dir() else None
+    """Per-fold model selection over a sweep of k-fold jobs, with ``finished``, the time of all its jobs and
+    its ``grid``; None when there is no such sweep."""
+    rows = sweep_rows(sweep_dir) if sweep_dir.is_dir() else []
+    selection = fold_selection(sweep_dir, rows) if rows else None
     if selection is None:
         return None
     jobs = [kfold_result(job) for job in job_dirs(sweep_dir)]
-    return {**selection["summary"], "finished": selection["summary"]["folds"],
+    return {**selection["summary"], "finished": selection["summary"]["folds"], "grid": grid_of(rows),
             "train_time_s": sum(job["train_time_s"] for job in jobs if job)}
 
 
-def grid_of(sweep_dir: Path) -> str:
-    """The grid a sweep ran, as sweep overrides (``model.hidden=64,128 model.dropout=0.5,0.2``)."""
+def grid_of(rows: list[dict]) -> str:
+    """The grid a sweep ran, from its rows, as sweep overrides (``model.hidden=64,128 model.dropout=0.5,0.2``)."""
     values: dict[str, list[str]] = {}
-    for row in sorted(sweep_rows(sweep_dir), key=lambda row: int(row["job"]) if row["job"].isdigit() else 0):
+    for row in sorted(rows, key=lambda row: int(row["job"]) if row["job"].isdigit() else 0):
         for token in row["overrides"].split():
             key, _, value = token.partition("=")
             if value not in values.setdefault(key, []):
@@ -93,16 +95,15 @@ def grid_of(sweep_dir: Path) -> str:
     return " ".join(f"{key}={','.join(options)}" for key, options in values.items())
 
 
-def selection_cell(selected: Optional[dict], folds: int, sweep_dir: Path) -> str:
+def selection_cell(selected: Optional[dict], folds: int) -> str:
     if selected is None:
         return "not run"
     done = "" if selected["finished"] == folds else f" ({selected['finished']} of {folds} folds)"
-    return f"**{percent(selected, 'test_acc')}**{done} over `{grid_of(sweep_dir)}`"
+    return f"**{percent(selected, 'test_acc')}**{done} over `{selected['grid']}`"
 
 
 def write_table(out: Path, select: Path, names: list[str], folds: int, overrides: list[str], target: Path) -> None:
     """docs/results.md from the runs (and sweeps) of every dataset."""
-    extra = " " + " ".join(overrides) if overrides else ""
     lines = [
         "# Results on TU benchmarks",
         "",
@@ -139,7 +140,7 @@ def write_table(out: Path, select: Path, names: list[str], folds: int, overrides
             (beaten if verdict == "yes" else short).append(name)
         times = [f"{label}{r['train_time_s'] / 60:.1f} min" for label, r in (("", default), ("grid ", selected)) if r]
         cells = [percent(default, "test_acc") if default else "", percent(default, "val_acc") if default else "",
-                 selection_cell(selected, folds, select / name)]
+                 selection_cell(selected, folds)]
         lines.append(f"| {name} | {' | '.join(cells)} | {errica} | {verdict} | {memgnn} | {'; '.join(times)} |")
     lines += [
         "",

@@ -13,8 +13,8 @@ import yaml
 
 from conftest import TINY_ARGS, run_cli
 from mempool_cli.run import summarize_folds
-from mempool_cli.sweep import (common_overrides, fold_rows, fold_selection, fold_summary, sweep_rows,
-                               write_sweep_summary)
+from mempool_cli.sweep import (common_overrides, fold_rows, fold_selection, fold_summary, summarize_sweep,
+                               sweep_rows)
 
 QUICK = [*TINY_ARGS, "train.epochs=2"]
 
@@ -124,13 +124,13 @@ def test_fold_selection_picks_the_best_validation_job_in_each_fold(tmp_path):
     folds = [{"train": [1], "val": [2], "test": [0]}] * 4
     _kfold_job(tmp_path, 0, ["model.hidden=64"], folds, [(0.8, 0.70), (0.6, 0.60), (0.7, 0.50), (0.9, 0.9)])
     _kfold_job(tmp_path, 1, ["model.hidden=128"], folds, [(0.7, 0.99), (0.9, 0.80), (0.7, 0.10), None])
-    selection = fold_selection(tmp_path)
+    selection = fold_selection(tmp_path, sweep_rows(tmp_path))
     assert [(r["fold"], r["job"], r["test_acc"]) for r in selection["rows"]] == [
         (0, "0", 0.70), (1, "1", 0.80), (2, "0", 0.50)]  # a tie goes to the first job; fold 3 is unfinished
     assert selection["folds"] == 4 and selection["summary"]["folds"] == 3
     assert selection["summary"]["test_acc"] == pytest.approx(statistics.fmean([0.70, 0.80, 0.50]))
     assert selection["rows"][1]["overrides"] == "model.hidden=128"
-    write_sweep_summary(tmp_path)
+    summarize_sweep(tmp_path, sweep_rows(tmp_path))
     assert json.loads((tmp_path / "selection.json").read_text())["summary"]["folds"] == 3
     assert "Model selection per fold" in (tmp_path / "summary.md").read_text()
     shown = run_cli(["summarize", str(tmp_path)], tmp_path)
@@ -139,7 +139,7 @@ def test_fold_selection_picks_the_best_validation_job_in_each_fold(tmp_path):
     assert "0.6667 +- 0.1528" in shown.stdout  # test_acc of the selected models: mean +- sample std
 
     (tmp_path / "1" / "folds.json").write_text(json.dumps({"meta": {}, "folds": folds[:3]}))
-    assert fold_selection(tmp_path) is None  # other fold assignments: nothing to compare
+    assert fold_selection(tmp_path, sweep_rows(tmp_path)) is None  # other fold assignments: nothing to compare
 
 
 def test_joblib_multirun_and_summarize_an_interrupted_sweep(tmp_path, data_env):
