@@ -34,7 +34,7 @@ from torch_geometric.nn import MemPooling as PygMemPooling
 
 from mempool_cli.data import featurize, fit_feature_stats, load_tudataset, make_loader
 from mempool_cli.engine import train_epoch
-from mempool_cli.nn import MemPooling
+from mempool_cli.nn import MemPooling, kernels
 
 ROOT = os.environ.get("MEMPOOL_DATA_ROOT", "~/.cache/mempool/TUDataset")
 SOURCE = os.environ.get("MEMPOOL_DATA_SOURCE")
@@ -244,7 +244,8 @@ def main() -> None:
     parser.add_argument("--skip-epoch", action="store_true")
     args = parser.parse_args()
     console = Console()
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    ours = "compiled CPU kernels" if kernels.cpu_kernels() else f"PyTorch operations ({kernels.SWITCH}=0 or no build)"
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu; our layer: {ours}")
     if not args.skip_layer:
         bench_layer(args.datasets, args.batch_sizes, args.hidden, args.repeats, console)
     if not args.skip_epoch:

@@ -1,14 +1,29 @@
-"""mempool_cli.nn.MemPooling against torch_geometric.nn.MemPooling with shared weights."""
+"""mempool_cli.nn.MemPooling against torch_geometric.nn.MemPooling with shared weights, on both of its
+implementations: the compiled CPU kernels and PyTorch operations."""
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
+from torch.utils import cpp_extension
 from torch_geometric.nn import MemPooling as PygMemPooling
 from torch_geometric.utils import to_dense_batch
 
-from mempool_cli.nn import MemPooling
+from mempool_cli.nn import MemPooling, kernels
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+BUILD_KERNELS = kernels.cpu_kernels.__wrapped__  # uncached
+
+
+@pytest.fixture(params=["compiled", "torch"], autouse=True)
+def implementation(request, monkeypatch):
+    """Every test runs with the compiled CPU kernels and with PyTorch operations (what other devices use)."""
+    if request.param == "torch":
+        monkeypatch.setattr(kernels, "cpu_kernels", lambda: None)
+    else:
+        assert kernels.cpu_kernels() is not None, "the compiled kernels did not build; see the warning logged"
+    return request.param
 
 
 def _pair(dtype, in_channels=16, out_channels=8, heads=5, clusters=10, tau=1.0, seed=0):
@@ -204,3 +219,33 @@ def test_split_key_grad_routes_kl_to_keys_and_the_rest_to_everything_else(dtype,
     for got, expected in zip([x_ours.grad, ours.conv.weight.grad, ours.lin.weight.grad, ours.k.grad],
                              [*out_part, key_part]):
         _close(got, expected, tol)
+
+
+def test_node_list_input_runs_on_the_chosen_implementation(implementation):
+    _, ours = _pair(torch.float32)
+    x, batch = _batch([4, 9], 16, torch.float32)
+    _, S = ours(x.requires_grad_(), batch)
+    expected = "AssignPoolBackward" if implementation == "compiled" else "_AssignBackward"
+    assert type(S.grad_fn).__name__ == expected
+
+
+def test_unsorted_batch_is_refused_by_the_compiled_kernels(implementation):
+    if implementation == "torch":
+        pytest.skip("PyTorch operations take any order of the batch vector")
+    _, ours = _pair(torch.float32)
+    x, _ = _batch([3, 3], 16, torch.float32)
+    with pytest.raises(RuntimeError, match="batch must be sorted"):
+        ours(x, torch.tensor([0, 1, 0, 1, 0, 1]))
+
+
+def test_kernels_fall_back_to_pytorch_operations_when_they_cannot_be_built(monkeypatch, caplog):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension 'mempool_kernels': c++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        assert BUILD_KERNELS() is None
+    assert "compiled CPU kernels are unavailable (Error building extension 'mempool_kernels')" in caplog.text
+    monkeypatch.setenv(kernels.SWITCH, "0")  # switched off: no build is tried, nothing is logged
+    caplog.clear()
+    assert BUILD_KERNELS() is None and not caplog.text

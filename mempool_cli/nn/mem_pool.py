@@ -7,6 +7,8 @@ import torch
 from torch import Tensor
 from torch.nn import Conv2d, Linear, Parameter
 
+from mempool_cli.nn import kernels
+
 EPS = 1e-15
 
 
@@ -159,7 +161,9 @@ class MemPooling(torch.nn.Module):
     (``k``, ``conv.weight``, ``lin.weight``) are the same and state dicts move between the two layers.
 
     Node-list input ``[N, F]`` with a (sorted) ``batch`` vector is computed without padding; ``S`` is then
-    returned per node, ``[N, K]``, and :meth:`kl_loss` takes the same ``batch``. Dense input ``[B, N, F]``
+    returned per node, ``[N, K]``, and :meth:`kl_loss` takes the same ``batch``. On the CPU (float32 and float64)
+    that input runs on compiled kernels (:mod:`mempool_cli.nn.kernels`) where they can be built, and on the
+    PyTorch operations below everywhere else: the same formulas. Dense input ``[B, N, F]``
     (with an optional ``mask``) returns ``S`` as ``[B, N, K]``, exactly like PyG's layer.
 
     ``split_key_grad`` (attribute, default ``False``): when set, the keys ``k`` learn only from the returned
@@ -238,6 +242,11 @@ class MemPooling(torch.nn.Module):
                 S_pool = S_pool * mask.view(B, N, 1).to(S.dtype) if self.split_key_grad else S
             return self.lin(S_pool.transpose(1, 2) @ x), S
         batch, num_graphs = _resolve_batch(batch, x.size(0), batch_size, x.device)
+        if self.num_clusters > 1 and kernels.usable(x):
+            H, K = self.heads, self.num_clusters
+            pooled, S = kernels.AssignPool.apply(x, self.k.reshape(H * K, -1), self.conv.weight.view(H), batch,
+                                                 num_graphs, K, self.tau, self.split_key_grad)
+            return self.lin(pooled), S
         S_pool, S = self._assign(x, self.split_key_grad)
         return self.lin(segment_pool(S_pool, x, batch, num_graphs)), S
 
@@ -256,7 +265,8 @@ class MemPooling(torch.nn.Module):
             return S.new_zeros(())
         if S.dim() == 2:
             batch, num_graphs = _resolve_batch(batch, S.size(0), batch_size, S.device)
-            return _NodeKL.apply(S, batch, num_graphs) / num_graphs
+            node_kl = kernels.NodeKL if kernels.usable(S) else _NodeKL
+            return node_kl.apply(S, batch, num_graphs) / num_graphs
         column_sums = S.sum(dim=1, keepdim=True)
         P = S * S / column_sums.clamp_min(EPS)
         row_sums = P.sum(dim=-1, keepdim=True)

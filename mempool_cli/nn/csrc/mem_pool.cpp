@@ -1,0 +1,310 @@
+// CPU kernels of mempool_cli.nn.MemPooling for node-list input: the soft assignment fused with the per-graph
+// pooling, and the KL loss, each forward and backward in one call (the same formulas as the PyTorch code in
+// mem_pool.py, which stays the reference and serves every other device). Rows are nodes; `batch` is sorted.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+using torch::Tensor;
+
+namespace {
+
+constexpr double kEps = 1e-15;
+constexpr int64_t kNodeGrain = 128;  // nodes per parallel task
+
+// Start of each graph's nodes in the sorted `batch`: ptr[b]..ptr[b+1] are graph b's rows.
+std::vector<int64_t> segment_ptr(const Tensor& batch, int64_t num_graphs) {
+  const int64_t* b = batch.data_ptr<int64_t>();
+  const int64_t n = batch.numel();
+  std::vector<int64_t> ptr(num_graphs + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(b[i] >= 0 && b[i] < num_graphs, "batch index out of range [0, ", num_graphs, ")");
+    TORCH_CHECK(i == 0 || b[i - 1] <= b[i], "batch must be sorted");
+    ++ptr[b[i] + 1];
+  }
+  for (int64_t g = 0; g < num_graphs; ++g) ptr[g + 1] += ptr[g];
+  return ptr;
+}
+
+void check_inputs(const Tensor& x, const Tensor& batch) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous CPU [N, F]");
+  TORCH_CHECK(batch.scalar_type() == at::kLong && batch.is_contiguous() && batch.numel() == x.size(0),
+              "batch must be a contiguous int64 [N]");
+}
+
+// Soft assignments S [N, K] and per-graph pooling S_b^T X_b [B, K, F].
+// Returns (pooled, S, S_heads [N, H*K], inv_d [N, H*K]); the last two are saved for the backward.
+std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, const Tensor& w, const Tensor& batch,
+                                        int64_t num_graphs, int64_t K, double tau) {
+  check_inputs(x, batch);
+  const int64_t N = x.size(0), F = x.size(1), HK = keys.size(0), H = w.numel();
+  TORCH_CHECK(HK == H * K && keys.size(1) == F, "keys must be [H*K, F]");
+  const auto ptr = segment_ptr(batch, num_graphs);
+  Tensor inv_d = at::mm(x, keys.t());  // x.k, turned in place into 1 / (tau + ||x - k||^2)
+  Tensor S_heads = at::empty_like(inv_d);
+  Tensor S = at::empty({N, K}, x.options());
+  Tensor pooled = at::zeros({num_graphs, K, F}, x.options());
+  const Tensor key_sq = (keys * keys).sum(1).contiguous();
+  const Tensor w_c = w.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "assign_pool_forward", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* kk = key_sq.data_ptr<scalar_t>();
+    const scalar_t* wp = w_c.data_ptr<scalar_t>();
+    scalar_t* id = inv_d.data_ptr<scalar_t>();
+    scalar_t* sh = S_heads.data_ptr<scalar_t>();
+    scalar_t* sp = S.data_ptr<scalar_t>();
+    const scalar_t t = tau, power = (1.0 + tau) / 2.0;
+    at::parallel_for(0, N, kNodeGrain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> logits(K);
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* xi = xp + i * F;
+        scalar_t xx = 0;
+        _Pragma("omp simd reduction(+ : xx)")
+        for (int64_t f = 0; f < F; ++f) xx += xi[f] * xi[f];
+        scalar_t* idi = id + i * HK;
+        scalar_t* shi = sh + i * HK;
+        _Pragma("omp simd")
+        for (int64_t j = 0; j < HK; ++j) {
+          idi[j] = 1 / std::max(t + xx + kk[j] - 2 * idi[j], t);  // clamped against rounding below zero
+          shi[j] = idi[j];
+        }
+        if (tau != 1.0) {
+          for (int64_t j = 0; j < HK; ++j) shi[j] = std::pow(t * idi[j], power);  // (d / tau)^(-(1 + tau) / 2)
+        }
+        std::fill(logits.begin(), logits.end(), scalar_t(0));
+        for (int64_t h = 0; h < H; ++h) {  // normalise each head over K, then merge the heads
+          scalar_t* shh = shi + h * K;
+          scalar_t z = 0;
+          _Pragma("omp simd reduction(+ : z)")
+          for (int64_t k = 0; k < K; ++k) z += shh[k];
+          const scalar_t scale = 1 / z;
+          _Pragma("omp simd")
+          for (int64_t k = 0; k < K; ++k) {
+            shh[k] *= scale;
+            logits[k] += wp[h] * shh[k];
+          }
+        }
+        const scalar_t top = *std::max_element(logits.begin(), logits.end());
+        scalar_t total = 0;
+        for (int64_t k = 0; k < K; ++k) total += (logits[k] = std::exp(logits[k] - top));
+        for (int64_t k = 0; k < K; ++k) sp[i * K + k] = logits[k] / total;
+      }
+    });
+    scalar_t* out = pooled.data_ptr<scalar_t>();
+    at::parallel_for(0, num_graphs, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        scalar_t* og = out + g * K * F;
+        for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i) {
+          const scalar_t* xi = xp + i * F;
+          for (int64_t k = 0; k < K; ++k) {
+            const scalar_t s = sp[i * K + k];
+            scalar_t* row = og + k * F;
+            _Pragma("omp simd")
+            for (int64_t f = 0; f < F; ++f) row[f] += s * xi[f];
+          }
+        }
+      }
+    });
+  });
+  return {pooled, S, S_heads, inv_d};
+}
+
+// A gradient grad_S [N, K] reaching S through the assignment, taken back to the distances ||x - k||^2: returns
+// (that gradient [N, H*K], its row sums [N], the gradient of the head weights w per node [N, H]).
+std::tuple<Tensor, Tensor, Tensor> distance_grad(const Tensor& grad_S, const Tensor& S, const Tensor& S_heads,
+                                                 const Tensor& inv_d, const Tensor& w, double tau) {
+  const int64_t N = S.size(0), K = S.size(1), H = w.numel();
+  Tensor gd = at::empty_like(S_heads), row_sum = at::empty({N}, S.options()), head = at::empty({N, H}, S.options());
+  const Tensor g = grad_S.contiguous(), w_c = w.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "distance_grad", [&] {
+    const scalar_t* gs = g.data_ptr<scalar_t>();
+    const scalar_t* sp = S.data_ptr<scalar_t>();
+    const scalar_t* sh = S_heads.data_ptr<scalar_t>();
+    const scalar_t* id = inv_d.data_ptr<scalar_t>();
+    const scalar_t* wp = w_c.data_ptr<scalar_t>();
+    scalar_t* gdp = gd.data_ptr<scalar_t>();
+    scalar_t* rsp = row_sum.data_ptr<scalar_t>();
+    scalar_t* cp = head.data_ptr<scalar_t>();
+    const scalar_t factor = -(1.0 + tau) / 2.0;  // d S_heads / d dist = factor * S_heads / d (before normalising)
+    at::parallel_for(0, N, kNodeGrain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> gl(K);
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* gi = gs + i * K;
+        const scalar_t* si = sp + i * K;
+        scalar_t dot = 0;
+        _Pragma("omp simd reduction(+ : dot)")
+        for (int64_t k = 0; k < K; ++k) dot += gi[k] * si[k];
+        _Pragma("omp simd")
+        for (int64_t k = 0; k < K; ++k) gl[k] = si[k] * (gi[k] - dot);  // through the softmax over K
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t o = (i * H + h) * K;
+          scalar_t c = 0;
+          _Pragma("omp simd reduction(+ : c)")
+          for (int64_t k = 0; k < K; ++k) c += gl[k] * sh[o + k];
+          cp[i * H + h] = c;
+          const scalar_t scale = wp[h] * factor;
+          _Pragma("omp simd")
+          for (int64_t k = 0; k < K; ++k) {  // through the normalisation over K and the Student-t kernel
+            gdp[o + k] = (gl[k] - c) * scale * sh[o + k] * id[o + k];
+          }
+        }
+        scalar_t rs = 0;
+        const scalar_t* gdi = gdp + i * H * K;
+        _Pragma("omp simd reduction(+ : rs)")
+        for (int64_t j = 0; j < H * K; ++j) rs += gdi[j];
+        rsp[i] = rs;
+      }
+    });
+  });
+  return {gd, row_sum, head};
+}
+
+// Gradients (x, keys, w) of assign_pool_forward's outputs. With split_key_grad, the gradient reaching S through
+// the pooling flows to x and w only and grad_S (that of the returned S) to the keys only; otherwise their sum
+// flows to all three.
+std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_pooled, const std::optional<Tensor>& grad_S,
+                                         const Tensor& x, const Tensor& keys, const Tensor& w, const Tensor& batch,
+                                         int64_t num_graphs, const Tensor& S, const Tensor& S_heads,
+                                         const Tensor& inv_d, double tau, bool split_key_grad) {
+  const int64_t N = x.size(0), F = x.size(1), K = S.size(1);
+  Tensor grad_x = at::zeros_like(x), grad_keys = at::zeros_like(keys), grad_w = at::zeros_like(w);
+  Tensor to_x;  // the gradient reaching S through the pooling, then the one flowing on to x and w
+  if (grad_pooled) {
+    const auto ptr = segment_ptr(batch, num_graphs);
+    const Tensor gp = grad_pooled->contiguous();
+    to_x = at::empty({N, K}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_backward", [&] {
+      const scalar_t* gpp = gp.data_ptr<scalar_t>();
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      const scalar_t* sp = S.data_ptr<scalar_t>();
+      scalar_t* gsp = to_x.data_ptr<scalar_t>();
+      scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+      at::parallel_for(0, num_graphs, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t g = begin; g < end; ++g) {
+          for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i) {
+            const scalar_t* xi = xp + i * F;
+            scalar_t* gxi = gxp + i * F;
+            for (int64_t k = 0; k < K; ++k) {
+              const scalar_t* row = gpp + (g * K + k) * F;
+              const scalar_t s = sp[i * K + k];
+              scalar_t acc = 0;
+              _Pragma("omp simd reduction(+ : acc)")
+              for (int64_t f = 0; f < F; ++f) {
+                acc += row[f] * xi[f];
+                gxi[f] += s * row[f];
+              }
+              gsp[i * K + k] = acc;
+            }
+          }
+        }
+      });
+    });
+  }
+  if (!split_key_grad && grad_S) to_x = to_x.defined() ? to_x.add_(*grad_S) : *grad_S;
+  // d||x - k||^2 / dx = 2 (x - k) and / dk = 2 (k - x)
+  auto add_key_grad = [&](const Tensor& gd) {
+    grad_keys.addcmul_(keys, gd.sum(0).unsqueeze(1), 2.0).addmm_(gd.t(), x, 1.0, -2.0);
+  };
+  if (to_x.defined()) {
+    const auto [gd, row_sum, head] = distance_grad(to_x, S, S_heads, inv_d, w, tau);
+    grad_w = head.sum(0);
+    grad_x.addcmul_(x, row_sum.unsqueeze(1), 2.0).addmm_(gd, keys, 1.0, -2.0);
+    if (!split_key_grad) add_key_grad(gd);
+  }
+  if (split_key_grad && grad_S) {
+    add_key_grad(std::get<0>(distance_grad(*grad_S, S, S_heads, inv_d, w, tau)));
+  }
+  return {grad_x, grad_keys, grad_w};
+}
+
+// sum_i sum_j P_ij log(P_ij / S_ij) with P_ij = (S_ij^2 / col_bj) / sum_k (S_ik^2 / col_bk), col_bj the column
+// sums of graph b; returns (loss, P, col [B, K], log_ratio [N, K]).
+std::vector<Tensor> kl_forward(const Tensor& S, const Tensor& batch, int64_t num_graphs) {
+  check_inputs(S, batch);
+  const int64_t N = S.size(0), K = S.size(1);
+  const auto ptr = segment_ptr(batch, num_graphs);
+  Tensor col = at::zeros({num_graphs, K}, S.options());
+  Tensor P = at::empty_like(S), log_ratio = at::empty_like(S), node_loss = at::empty({N}, S.options());
+  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "kl_forward", [&] {
+    const scalar_t* sp = S.data_ptr<scalar_t>();
+    scalar_t* cp = col.data_ptr<scalar_t>();
+    scalar_t* pp = P.data_ptr<scalar_t>();
+    scalar_t* lp = log_ratio.data_ptr<scalar_t>();
+    scalar_t* nl = node_loss.data_ptr<scalar_t>();
+    const scalar_t eps = kEps;
+    at::parallel_for(0, num_graphs, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        scalar_t* cg = cp + g * K;
+        for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i)
+          for (int64_t k = 0; k < K; ++k) cg[k] += sp[i * K + k];
+        for (int64_t k = 0; k < K; ++k) cg[k] = std::max(cg[k], eps);
+        for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i) {
+          const scalar_t* si = sp + i * K;
+          scalar_t* pi = pp + i * K;
+          scalar_t r = 0;
+          for (int64_t k = 0; k < K; ++k) r += (pi[k] = si[k] * si[k] / cg[k]);
+          scalar_t loss = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            pi[k] /= r;
+            // log P - log S, with P clamped like PyG's
+            lp[i * K + k] = std::log(std::max(pi[k] / std::max(si[k], eps), eps));
+            loss += pi[k] * lp[i * K + k];
+          }
+          nl[i] = loss;
+        }
+      }
+    });
+  });
+  return {node_loss.sum(), P, col, log_ratio};
+}
+
+// dL/dS of kl_forward: with u = P (log_ratio - <log_ratio, P>), (2u - P) / S - (graph sum of u / col)[batch].
+Tensor kl_backward(const Tensor& grad_loss, const Tensor& S, const Tensor& batch, int64_t num_graphs,
+                   const Tensor& P, const Tensor& col, const Tensor& log_ratio) {
+  const int64_t K = S.size(1);
+  const auto ptr = segment_ptr(batch, num_graphs);
+  Tensor grad_S = at::empty_like(S);
+  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "kl_backward", [&] {
+    const scalar_t* sp = S.data_ptr<scalar_t>();
+    const scalar_t* pp = P.data_ptr<scalar_t>();
+    const scalar_t* cp = col.data_ptr<scalar_t>();
+    const scalar_t* lp = log_ratio.data_ptr<scalar_t>();
+    scalar_t* gp = grad_S.data_ptr<scalar_t>();
+    const scalar_t scale = grad_loss.item<double>(), eps = kEps;
+    at::parallel_for(0, num_graphs, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> graph_term(K);
+      for (int64_t g = begin; g < end; ++g) {
+        std::fill(graph_term.begin(), graph_term.end(), scalar_t(0));
+        for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i) {
+          const scalar_t* pi = pp + i * K;
+          const scalar_t* li = lp + i * K;
+          scalar_t mean = 0;
+          for (int64_t k = 0; k < K; ++k) mean += li[k] * pi[k];
+          for (int64_t k = 0; k < K; ++k) {
+            const scalar_t u = pi[k] * (li[k] - mean);
+            gp[i * K + k] = (2 * u - pi[k]) / std::max(sp[i * K + k], eps);
+            graph_term[k] += u;
+          }
+        }
+        for (int64_t k = 0; k < K; ++k) graph_term[k] /= cp[g * K + k];
+        for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i)
+          for (int64_t k = 0; k < K; ++k) gp[i * K + k] = (gp[i * K + k] - graph_term[k]) * scale;
+      }
+    });
+  });
+  return grad_S;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("assign_pool_forward", &assign_pool_forward);
+  m.def("assign_pool_backward", &assign_pool_backward);
+  m.def("kl_forward", &kl_forward);
+  m.def("kl_backward", &kl_backward);
+}

@@ -1,0 +1,98 @@
+"""Compiled CPU kernels for :class:`~mempool_cli.nn.MemPooling` (``csrc/mem_pool.cpp``).
+
+Built with PyTorch's extension builder on first use (about half a minute) and cached in
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Where they cannot be built (no C++ compiler or
+ninja) or ``MEMPOOL_COMPILED_KERNELS=0`` is set, :func:`cpu_kernels` returns ``None`` and the layer computes the
+same formulas with PyTorch operations.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "mem_pool.cpp"
+SWITCH = "MEMPOOL_COMPILED_KERNELS"
+
+# vector instructions to compile for, by what PyTorch found on this CPU; the build is named after them, so
+# machines sharing a cache folder never load a build their CPU cannot run
+VECTOR_FLAGS = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx2", "-mfma"]}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_kernels():
+    """The compiled kernel module, or ``None`` where it is switched off or cannot be built."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return None
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    name = "mempool_kernels_" + re.sub(r"\W", "_", f"{torch.__version__}_{capability}")
+    build_dir = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")).expanduser() / name
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if not any(build_dir.glob("*.so")):
+            log.info("building MemPooling's compiled CPU kernels in %s (first use only, about half a minute)",
+                     build_dir)
+        return cpp_extension.load(name, [str(SOURCE)], build_directory=str(build_dir),
+                                  extra_cflags=["-O3", "-fopenmp", *VECTOR_FLAGS.get(capability, [])],
+                                  extra_ldflags=["-fopenmp"])
+    except (OSError, RuntimeError, ImportError) as error:
+        reason = str(error).strip().splitlines()[0].split(":")[0] if str(error).strip() else type(error).__name__
+        log.warning("MemPooling's compiled CPU kernels are unavailable (%s); using PyTorch operations "
+                    "(set %s=0 to skip the build)", reason, SWITCH)
+        return None
+
+
+def usable(x: Tensor) -> bool:
+    """Whether the compiled kernels can take ``x`` (CPU, float32 or float64) and are available."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and cpu_kernels() is not None
+
+
+class AssignPool(torch.autograd.Function):
+    """``(S_b^T X_b [B, K, F], S [N, K])``: the soft assignment of node-list ``x`` to the H-major ``keys``
+    ``[H*K, F]`` with head weights ``w`` fused with the per-graph pooling (compiled, CPU). With
+    ``split_key_grad`` the gradient reaching ``S`` through the pooling flows to ``x`` and ``w`` only, and the
+    gradient of the returned ``S`` to the keys only."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, keys: Tensor, w: Tensor, batch: Tensor, num_graphs: int, num_clusters: int,
+                tau: float, split_key_grad: bool):
+        x = x.contiguous()
+        pooled, S, S_heads, inv_d = cpu_kernels().assign_pool_forward(x, keys, w, batch, num_graphs,
+                                                                      num_clusters, tau)
+        ctx.save_for_backward(x, keys, w, batch, S, S_heads, inv_d)
+        ctx.num_graphs, ctx.tau, ctx.split_key_grad = num_graphs, tau, split_key_grad
+        ctx.set_materialize_grads(False)
+        return pooled, S
+
+    @staticmethod
+    def backward(ctx, grad_pooled, grad_S):
+        x, keys, w, batch, S, S_heads, inv_d = ctx.saved_tensors
+        grad_x, grad_keys, grad_w = cpu_kernels().assign_pool_backward(
+            grad_pooled, grad_S, x, keys, w, batch, ctx.num_graphs, S, S_heads, inv_d, ctx.tau, ctx.split_key_grad)
+        return grad_x, grad_keys, grad_w, None, None, None, None, None
+
+
+class NodeKL(torch.autograd.Function):
+    """``sum_i sum_j P_ij log(P_ij / S_ij)`` over node-list ``S`` ``[N, K]`` (compiled, CPU)."""
+
+    @staticmethod
+    def forward(ctx, S: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        S = S.contiguous()
+        loss, P, col, log_ratio = cpu_kernels().kl_forward(S, batch, num_graphs)
+        ctx.save_for_backward(S, batch, P, col, log_ratio)
+        ctx.num_graphs = num_graphs
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        S, batch, P, col, log_ratio = ctx.saved_tensors
+        return cpu_kernels().kl_backward(grad_loss, S, batch, ctx.num_graphs, P, col, log_ratio), None, None
