@@ -201,6 +201,10 @@ class MemPooling(torch.nn.Module):
         """Soft cluster assignments ``S`` ``[M, K]`` of the rows of ``x`` ``[M, F]``."""
         return self._assign(x, split_key_grad=False)[0]
 
+    def _flat_keys(self) -> Tuple[Tensor, Tensor]:
+        """The keys as H-major rows ``[H*K, F]`` (row ``h*K + k``) and the head weights ``[H]`` of ``conv``."""
+        return self.k.reshape(self.heads * self.num_clusters, -1), self.conv.weight.view(self.heads)
+
     def _assign(self, x: Tensor, split_key_grad: bool) -> Tuple[Tensor, Tensor]:
         """``(S for pooling, S to return)``: the same values; with ``split_key_grad``, the keys learn only from
         the second. With one cluster ``S`` is exactly 1 (a softmax over one entry): nothing to compute, and the
@@ -208,9 +212,7 @@ class MemPooling(torch.nn.Module):
         if self.num_clusters == 1:
             S = x.new_ones(x.size(0), 1)
             return S, S
-        H, K = self.heads, self.num_clusters
-        keys = self.k.reshape(H * K, -1)  # H-major rows: (h, k)
-        S = _Assign.apply(x, keys, self.conv.weight.view(H), K, self.tau, split_key_grad)
+        S = _Assign.apply(x, *self._flat_keys(), self.num_clusters, self.tau, split_key_grad)
         return S if split_key_grad else (S, S)
 
     def forward(
@@ -243,9 +245,8 @@ class MemPooling(torch.nn.Module):
             return self.lin(S_pool.transpose(1, 2) @ x), S
         batch, num_graphs = _resolve_batch(batch, x.size(0), batch_size, x.device)
         if self.num_clusters > 1 and kernels.usable(x):
-            H, K = self.heads, self.num_clusters
-            pooled, S = kernels.AssignPool.apply(x, self.k.reshape(H * K, -1), self.conv.weight.view(H), batch,
-                                                 num_graphs, K, self.tau, self.split_key_grad)
+            pooled, S = kernels.AssignPool.apply(x, *self._flat_keys(), batch, num_graphs, self.num_clusters,
+                                                 self.tau, self.split_key_grad)
             return self.lin(pooled), S
         S_pool, S = self._assign(x, self.split_key_grad)
         return self.lin(segment_pool(S_pool, x, batch, num_graphs)), S
