@@ -8,16 +8,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import hydra
 import typer
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
-from hydra.types import RunMode
-from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from mempool_cli.config import register_configs
 from mempool_cli.errors import MempoolError
 
 console = Console(soft_wrap=True)
@@ -59,6 +52,8 @@ Offline data: MEMPOOL_DATA_SOURCE=<folder with NAME/raw/> copies raw files into 
 
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line; Hydra and OmegaConf spread theirs (and their causes) over several."""
+    from hydra.errors import MissingConfigException
+
     if isinstance(exc, MissingConfigException) and exc.options:
         first = str(exc).splitlines()[0].removeprefix("In 'config': ")
         return f"{first}; choose one of: {', '.join(exc.options)}"
@@ -72,6 +67,9 @@ def one_line(exc: BaseException) -> str:
 
 def _report(exc: BaseException) -> int:
     """Print the one-line message of ``exc`` on stderr; returns the exit code."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     known = isinstance(exc, (MempoolError, HydraException, OmegaConfBaseException))
     prefix = "error" if known else f"unexpected error ({type(exc).__name__}, rerun with --debug for the traceback)"
     err_console.print(f"{prefix}: {one_line(exc)}", markup=False)
@@ -110,39 +108,49 @@ def _show_kfold(run_dir: Path) -> None:
         console.print(mean_std_table(summary, title="mean +- std over finished folds"))
 
 
-register_configs()
 _debug = False  # set by `train --debug`: errors inside the Hydra job keep their traceback
 
 
-def train_job(cfg: DictConfig) -> float:
-    """Hydra's task function: one job of a run or a sweep. Returns the validation accuracy (for sweepers).
+def train_job(cfg) -> float:
+    """Hydra's task function: one job of a run or a sweep. Resolves the config once, hands it to the core and
+    returns the validation accuracy (for sweepers).
 
     Kept undecorated at module level so that launchers (joblib, submitit) can pickle it by reference.
     """
-    from mempool_cli.config import validate
-    from mempool_cli.progress import make_reporter
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mempool_cli.config import resolve
+    from mempool_cli.progress import progress_factory
+    from mempool_cli.protocols import train
     from mempool_cli.report import metrics_table
-    from mempool_cli.run import train
 
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     try:
-        validate(cfg)
-        console.print(f"[bold]mempool[/] {cfg.dataset.name} -> {run_dir}", highlight=False)
-        metrics = train(cfg, run_dir, make_reporter(console, cfg.train.progress))
+        spec = resolve(cfg)
+        console.print(f"[bold]mempool[/] {spec.data.name} -> {run_dir}", highlight=False)
+        metrics = train(spec, run_dir, progress_factory(console, spec.train.progress))
     except MempoolError as exc:
         if _debug or hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # a sweep names the failing job's overrides
         _remove_if_empty(Path(run_dir))
         raise SystemExit(_report(exc)) from None
-    if cfg.protocol.name == "kfold":
+    if spec.protocol.name == "kfold":
         _show_kfold(Path(run_dir))
     else:
-        console.print(metrics_table(metrics, title=f"{cfg.dataset.name} metrics"))
+        console.print(metrics_table(metrics, title=f"{spec.data.name} metrics"))
     return metrics["val_acc"]
 
 
-hydra_train = hydra.main(version_base="1.3", config_path="pkg://mempool_cli.configs", config_name="config")(train_job)
+def _hydra_train():
+    """``train_job`` behind Hydra's own runner (multirun, launchers, sweepers and output folders included)."""
+    import hydra
+
+    from mempool_cli.config import register_configs
+
+    register_configs()
+    return hydra.main(version_base="1.3", config_path="pkg://mempool_cli.configs", config_name="config")(train_job)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, help=TRAIN_HELP)
@@ -155,7 +163,7 @@ def train(
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we report in one line below
     sys.argv = ["mempool train", *ctx.args]
     try:
-        hydra_train()
+        _hydra_train()()
     except Exception as exc:  # noqa: BLE001 - every failure gets one line unless --debug
         _fail(exc, debug)
 
@@ -165,7 +173,7 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., help="checkpoint.pt (or last.pt) written by `mempool train`."),
     split: str = typer.Option("test", "--split", help="test | val | train: which stored split to evaluate."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset cache (default: the training one)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset cache (default: $MEMPOOL_DATA_ROOT or ~/.cache/mempool/TUDataset)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
 ) -> None:

@@ -1,18 +1,24 @@
-"""Typed configuration schema, registered with Hydra's ConfigStore, and its value checks.
+"""Configuration: the Hydra schema, the registries of choices, and the run specification resolved from it.
 
-The dataclasses give every key a type, so Hydra refuses unknown keys and ill-typed values while composing;
-:func:`validate` then refuses impossible values (naming the key) before any work starts.
+Hydra composes a config against the schema, refusing unknown keys and ill-typed values. :func:`resolve` then turns
+it into frozen specs, once, at the command-line boundary: each spec checks its own values as it is built and names
+the key of an impossible one. Checkpoints store the specs' plain values, so a spec read back from a checkpoint is
+checked the same way. Nothing here imports torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, List, Optional
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, List, Mapping, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mempool_cli.errors import ConfigError
 
+# Registries: the one list of each choice, used by the schema's checks, the error messages and the builders
+# (model.py, loop.py, data/), which look their builders up under these names.
 ENCODERS = ("gat", "gcn", "gin")
 NORMS = ("batch", "layer", "none")
 MEMORY_IMPLS = ("fast", "pyg")
@@ -21,15 +27,43 @@ KL_SCHEDULES = ("paper", "joint")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("none", "plateau", "cosine")
 PROTOCOLS = ("holdout", "kfold")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def registry(names: tuple[str, ...], **builders: Callable) -> dict[str, Callable]:
+    """The builders of one registry above, by name; a builder missing or extra is a programming error."""
+    if set(builders) != set(names):
+        raise AssertionError(f"builders {sorted(builders)} do not match the registry {sorted(names)}")
+    return builders
+
+
+DEFAULT_DATA_ROOT = "~/.cache/mempool/TUDataset"
+DEFAULT_DATA_URL = "https://www.chrsmrrs.com/graphkerneldatasets"
+MAX_SEED = 2**32 - 1
+# settings that do not change what a run computes: left out when runs are compared (k-fold reruns, resume)
+NOT_RESULT_SETTINGS = ("dataset.root", "dataset.source", "dataset.url", "train.resume", "train.progress")
+
+
+def default_data_root() -> str:
+    """The dataset cache used when none is named: ``$MEMPOOL_DATA_ROOT`` or ``~/.cache/mempool/TUDataset``."""
+    return os.environ.get("MEMPOOL_DATA_ROOT", DEFAULT_DATA_ROOT)
+
+
+def default_data_source() -> Optional[str]:
+    """The offline copy of the TU datasets named by ``$MEMPOOL_DATA_SOURCE``, if any."""
+    return os.environ.get("MEMPOOL_DATA_SOURCE") or None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Hydra schema: every key typed, so Hydra refuses unknown keys and ill-typed values while composing.
 
 
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    root: str = "${oc.env:MEMPOOL_DATA_ROOT,'~/.cache/mempool/TUDataset'}"
+    root: str = f"${{oc.env:MEMPOOL_DATA_ROOT,'{DEFAULT_DATA_ROOT}'}}"
     source: Optional[str] = "${oc.env:MEMPOOL_DATA_SOURCE,null}"
-    url: str = "https://www.chrsmrrs.com/graphkerneldatasets"
+    url: str = DEFAULT_DATA_URL
     node_attributes: bool = True
     node_labels: bool = True
     degree: str = "none"
@@ -102,80 +136,258 @@ class Config:
 
 def register_configs() -> None:
     """Register the schema so that ``configs/config.yaml`` can extend it."""
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name="schema", node=Config)
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+# ---------------------------------------------------------------------------------------------------------------
+# Value checks: each raises a ConfigError that starts with the key.
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Refuse a value that is not one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{key}: unknown value {value!r}; choose one of: {', '.join(choices)}")
 
 
+def _finite(key: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value}")
+
+
 def _positive(key: str, value: Any, strict: bool = True) -> None:
+    _finite(key, value)
     if value <= 0 if strict else value < 0:
         raise ConfigError(f"{key}: must be {'> 0' if strict else '>= 0'}, got {value}")
 
 
 def _fraction(key: str, value: float) -> None:
+    _finite(key, value)
     if not 0.0 <= value < 1.0:
         raise ConfigError(f"{key}: must be in [0, 1), got {value}")
 
 
-def _per_layer(key: str, values: Optional[list], num_layers: int) -> None:
-    if values is None:
-        return
-    if len(values) != num_layers:
-        raise ConfigError(f"{key}: needs one entry per memory layer ({num_layers}), got {len(values)}")
-    for i, value in enumerate(values):
-        _positive(f"{key}[{i}]", value)
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Refuse impossible values with a :class:`ConfigError` that names the key."""
-    _choice("dataset.degree", cfg.dataset.degree, DEGREE_FEATURES)
-    _positive("dataset.max_degree", cfg.dataset.max_degree)
+def check_plain_name(key: str, value: str) -> None:
+    """Refuse a name that could leave its folder when used as a path part (``..``, ``/``, ``~``, spaces)."""
+    if not PLAIN_NAME.fullmatch(value or "") or value in (".", "..") or ".." in value:
+        raise ConfigError(f"{key}: {value!r} is not a plain name (letters, digits, '_', '-', '.'; no '..')")
 
-    model = cfg.model
-    _choice("model.encoder", model.encoder, ENCODERS)
-    _choice("model.norm", model.norm, NORMS)
-    _positive("model.hidden", model.hidden)
-    _positive("model.layers", model.layers)
-    _fraction("model.dropout", model.dropout)
-    memory = model.memory
-    if len(memory.clusters) == 0:
-        raise ConfigError("model.memory.clusters: needs at least one memory layer, got []")
-    for i, clusters in enumerate(memory.clusters):
-        _positive(f"model.memory.clusters[{i}]", clusters)
-    _positive("model.memory.hidden", memory.hidden)
-    _positive("model.memory.heads", memory.heads)
-    _positive("model.memory.tau", memory.tau)
-    _per_layer("model.memory.heads_per_layer", memory.heads_per_layer, len(memory.clusters))
-    _per_layer("model.memory.tau_per_layer", memory.tau_per_layer, len(memory.clusters))
-    _choice("model.memory.impl", memory.impl, MEMORY_IMPLS)
 
-    _choice("optim.name", cfg.optim.name, OPTIMIZERS)
-    _choice("optim.scheduler", cfg.optim.scheduler, SCHEDULERS)
-    _positive("optim.lr", cfg.optim.lr)
-    _positive("optim.weight_decay", cfg.optim.weight_decay, strict=False)
-    _fraction("optim.factor", cfg.optim.factor)
-    _positive("optim.scheduler_patience", cfg.optim.scheduler_patience)
+# ---------------------------------------------------------------------------------------------------------------
+# The run specification: frozen, checked when built.
 
-    _positive("train.epochs", cfg.train.epochs)
-    _positive("train.batch_size", cfg.train.batch_size)
-    _positive("train.patience", cfg.train.patience)
-    _choice("train.kl_schedule", cfg.train.kl_schedule, KL_SCHEDULES)
-    _positive("train.kl_weight", cfg.train.kl_weight, strict=False)
 
-    protocol = cfg.protocol
-    _choice("protocol.name", protocol.name, PROTOCOLS)
-    _fraction("protocol.val_fraction", protocol.val_fraction)
-    _fraction("protocol.test_fraction", protocol.test_fraction)
-    _positive("protocol.val_fraction", protocol.val_fraction)
-    if protocol.name == "holdout":
-        _positive("protocol.test_fraction", protocol.test_fraction)
-        if protocol.val_fraction + protocol.test_fraction >= 1.0:
-            raise ConfigError("protocol.val_fraction + protocol.test_fraction: must be < 1")
-    if protocol.name == "kfold" and protocol.folds < 2:
-        raise ConfigError(f"protocol.folds: must be >= 2, got {protocol.folds}")
-    _choice("device", cfg.device, DEVICES)
-    if cfg.threads is not None:
-        _positive("threads", cfg.threads)
+@dataclass(frozen=True)
+class DataSpec:
+    """Which dataset, where it is cached and found, and its node-feature recipe."""
+
+    name: str
+    root: str = DEFAULT_DATA_ROOT
+    source: Optional[str] = None
+    url: str = DEFAULT_DATA_URL
+    node_attributes: bool = True
+    node_labels: bool = True
+    degree: str = "none"
+    max_degree: int = 64
+
+    def __post_init__(self) -> None:
+        check_plain_name("dataset.name", self.name)
+        check_choice("dataset.degree", self.degree, DEGREE_FEATURES)
+        _positive("dataset.max_degree", self.max_degree)
+
+    def recipe(self) -> dict[str, Any]:
+        """The feature recipe (what a checkpoint must know to featurise new graphs the same way)."""
+        keys = ("name", "node_attributes", "node_labels", "degree", "max_degree")
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The classifier's architecture, per-layer memory settings spelled out (field names as in ``model_args``)."""
+
+    encoder: str = "gin"
+    hidden: int = 64
+    layers: int = 3
+    dropout: float = 0.5
+    norm: str = "batch"
+    clusters: tuple[int, ...] = (10, 1)
+    memory_hidden: int = 64
+    heads: tuple[int, ...] = (5, 5)
+    tau: tuple[float, ...] = (1.0, 1.0)
+    memory_impl: str = "fast"
+
+    def __post_init__(self) -> None:
+        check_choice("model.encoder", self.encoder, ENCODERS)
+        check_choice("model.norm", self.norm, NORMS)
+        check_choice("model.memory.impl", self.memory_impl, MEMORY_IMPLS)
+        for key in ("hidden", "layers", "memory_hidden"):
+            _positive(f"model.{key}" if key != "memory_hidden" else "model.memory.hidden", getattr(self, key))
+        _fraction("model.dropout", self.dropout)
+        if not self.clusters:
+            raise ConfigError("model.memory.clusters: needs at least one memory layer, got []")
+        for key, values in (("clusters", self.clusters), ("heads", self.heads), ("tau", self.tau)):
+            if len(values) != len(self.clusters):
+                raise ConfigError(f"model.memory.{key}_per_layer: needs one entry per memory layer "
+                                  f"({len(self.clusters)}), got {len(values)}")
+            for i, value in enumerate(values):
+                _positive(f"model.memory.{key}[{i}]", value)
+
+    def model_args(self, num_features: int, num_classes: int) -> dict[str, Any]:
+        """The model's constructor arguments as plain values (a checkpoint's ``model_args``)."""
+        plain = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        return {"num_features": num_features, "num_classes": num_classes, **plain}
+
+    @classmethod
+    def from_model_args(cls, args: Mapping[str, Any]) -> "ModelSpec":
+        """The spec inside a checkpoint's ``model_args`` (checked as any spec)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: tuple(value) if isinstance(value, list) else value
+                      for key, value in args.items() if key in names})
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """Optimiser and learning-rate scheduler."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"
+    factor: float = 0.5
+    scheduler_patience: int = 10
+    min_lr: float = 1e-5
+
+    def __post_init__(self) -> None:
+        check_choice("optim.name", self.name, OPTIMIZERS)
+        check_choice("optim.scheduler", self.scheduler, SCHEDULERS)
+        _positive("optim.lr", self.lr)
+        _positive("optim.weight_decay", self.weight_decay, strict=False)
+        _fraction("optim.factor", self.factor)
+        _positive("optim.scheduler_patience", self.scheduler_patience)
+        _positive("optim.min_lr", self.min_lr, strict=False)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The training loop: length, batches, early stopping, the KL schedule, resume and display."""
+
+    epochs: int = 200
+    batch_size: int = 32
+    patience: int = 50
+    kl_schedule: str = "paper"
+    kl_weight: float = 1.0
+    resume: Optional[str] = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "patience"):
+            _positive(f"train.{key}", getattr(self, key))
+        check_choice("train.kl_schedule", self.kl_schedule, KL_SCHEDULES)
+        _positive("train.kl_weight", self.kl_weight, strict=False)
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """Holdout or k-fold, with the sizes of the parts and an optional split file to reuse."""
+
+    name: str = "holdout"
+    folds: int = 10
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_file: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_choice("protocol.name", self.name, PROTOCOLS)
+        _fraction("protocol.val_fraction", self.val_fraction)
+        _fraction("protocol.test_fraction", self.test_fraction)
+        _positive("protocol.val_fraction", self.val_fraction)
+        if self.name == "holdout":
+            _positive("protocol.test_fraction", self.test_fraction)
+            if self.val_fraction + self.test_fraction >= 1.0:
+                raise ConfigError("protocol.val_fraction + protocol.test_fraction: must be < 1")
+        if self.name == "kfold" and self.folds < 2:
+            raise ConfigError(f"protocol.folds: must be >= 2, got {self.folds}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a run needs, resolved and checked once; ``config`` is the composed config it came from
+    (written to ``config.yaml`` and into checkpoints)."""
+
+    data: DataSpec
+    model: ModelSpec
+    optim: OptimSpec
+    train: TrainSpec
+    protocol: ProtocolSpec
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = None
+    config: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed: must be in [0, {MAX_SEED}], got {self.seed}")
+        if not DEVICE_PATTERN.fullmatch(str(self.device)):
+            raise ConfigError(f"device: unknown value {self.device!r}; choose one of: auto, cpu, cuda, cuda:<index>")
+        if self.threads is not None:
+            _positive("threads", self.threads)
+
+
+def _model_spec(model: Mapping[str, Any]) -> ModelSpec:
+    memory = model["memory"]
+    layers = len(memory["clusters"])
+    return ModelSpec(
+        encoder=model["encoder"], hidden=model["hidden"], layers=model["layers"], dropout=model["dropout"],
+        norm=model["norm"], clusters=tuple(memory["clusters"]), memory_hidden=memory["hidden"],
+        heads=tuple(memory["heads_per_layer"] or [memory["heads"]] * layers),
+        tau=tuple(float(t) for t in (memory["tau_per_layer"] or [memory["tau"]] * layers)),
+        memory_impl=memory["impl"],
+    )
+
+
+def resolve_container(config: Mapping[str, Any]) -> RunSpec:
+    """The run specification of a composed config given as plain values (``config.yaml``, a checkpoint)."""
+    try:
+        return RunSpec(
+            data=DataSpec(**config["dataset"]), model=_model_spec(config["model"]), optim=OptimSpec(**config["optim"]),
+            train=TrainSpec(**config["train"]), protocol=ProtocolSpec(**config["protocol"]), seed=config["seed"],
+            device=config["device"], threads=config["threads"], config=dict(config),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"config: not a mempool config ({type(exc).__name__}: {exc})") from exc
+
+
+def resolve(cfg: DictConfig) -> RunSpec:
+    """The run specification of a Hydra config (interpolations resolved, every value checked)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return resolve_container(container)
+
+
+def result_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that shape a run's results, as dotted keys (paths, device, threads and display left out)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(f"{prefix}{key}.", value)
+        else:
+            flat[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    for key in ("dataset", "model", "optim", "train", "protocol"):
+        walk(f"{key}.", config.get(key, {}))
+    flat["seed"] = config.get("seed")
+    for key in NOT_RESULT_SETTINGS:
+        flat.pop(key, None)
+    return flat
+
+
+def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any], allowed: tuple[str, ...] = ()) -> list[str]:
+    """The result settings (dotted keys) whose values differ between two configs, ``allowed`` ones left out."""
+    a, b = result_settings(old), result_settings(new)
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key) and key not in allowed)

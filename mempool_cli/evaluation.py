@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on its own stored split: rebuilds model and features from the file alone."""
+"""Evaluate a checkpoint on its own stored split: the model and the features rebuilt from the file alone."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,12 +6,11 @@ from typing import Any, Optional
 
 import torch
 
-from mempool_cli.checkpoint import load_checkpoint
-from mempool_cli.data import featurize, labels_hash, load_tudataset, make_loader
+from mempool_cli import data
+from mempool_cli.artifacts import load_checkpoint
+from mempool_cli.device import pick_device
 from mempool_cli.engine import evaluate
-from mempool_cli.errors import DataError
-from mempool_cli.model import build_model
-from mempool_cli.run import pick_device
+from mempool_cli.model import model_from_args
 
 
 def classification_report(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -30,31 +29,29 @@ def classification_report(pred: torch.Tensor, target: torch.Tensor, num_classes:
     return {"confusion_matrix": confusion.tolist(), "per_class": per_class}
 
 
-def evaluate_checkpoint(
-    path: str | Path, split: str = "test", root: Optional[str] = None, source: Optional[str] = None,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Accuracy, loss, per-class precision/recall and confusion matrix of a checkpoint on one split."""
-    ckpt = load_checkpoint(path)
-    info, cfg = ckpt["dataset"], ckpt["config"]
-    ds_cfg = cfg["dataset"]
-    dataset = load_tudataset(info["name"], root or ds_cfg["root"], source or ds_cfg["source"], ds_cfg["url"])
-    graphs = featurize(dataset, info, info["feature_stats"])
-    if labels_hash(graphs.labels) != info["labels_hash"] or len(graphs) != info["num_graphs"]:
-        raise DataError(f"dataset {info['name']} at {ds_cfg['root']} differs from the one this checkpoint was trained on")
+def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[str] = None,
+                        device: str = "auto") -> dict[str, Any]:
+    """Accuracy, loss, per-class precision/recall and confusion matrix of a checkpoint on one split.
+
+    The data comes from ``root`` (default: the usual cache) and ``$MEMPOOL_DATA_SOURCE``, never from paths
+    recorded in the checkpoint.
+    """
+    checkpoint = load_checkpoint(path)
+    info, train_cfg = checkpoint["dataset"], checkpoint["config"]["train"]
+    graphs = data.from_checkpoint(info, root)
     torch_device = pick_device(device)
-    model = build_model(**ckpt["model_args"]).to(torch_device)
-    model.load_state_dict(ckpt["model_state"])
-    loader = make_loader(graphs.graphs, ckpt["split"][split], cfg["train"]["batch_size"], shuffle=False)
-    result = evaluate(model, loader, torch_device, cfg["train"]["kl_weight"])
+    model = model_from_args(checkpoint["model_args"]).to(torch_device)
+    model.load_state_dict(checkpoint["model_state"])
+    loader = data.make_loader(graphs, checkpoint["split"][split], train_cfg["batch_size"])
+    result = evaluate(model, loader, torch_device, train_cfg["kl_weight"])
     return {
         "checkpoint": str(path),
         "dataset": info["name"],
         "split": split,
         "num_graphs": len(result["target"]),
-        "epoch": ckpt["epoch"],
+        "epoch": checkpoint["epoch"],
         "accuracy": result["acc"],
         "loss": result["loss"],
-        "recorded_accuracy": ckpt["metrics"].get(f"{split}_acc"),
+        "recorded_accuracy": checkpoint["metrics"].get(f"{split}_acc"),
         **classification_report(result["pred"], result["target"], info["num_classes"]),
     }

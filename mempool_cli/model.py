@@ -1,37 +1,27 @@
 """The graph classifier: GNN encoder -> stacked MemPooling layers -> linear classifier."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 import torch_geometric.nn as pyg_nn
 from torch import Tensor, nn
 
+from mempool_cli import config
+from mempool_cli.config import ModelSpec, registry
 from mempool_cli.nn import MemPooling
 
-MEMORY_LAYERS = {"fast": MemPooling, "pyg": pyg_nn.MemPooling}
+
+def _gin(hidden: int) -> nn.Module:
+    mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+    return pyg_nn.GINConv(mlp, train_eps=True)
 
 
-def _conv(encoder: str, hidden: int) -> nn.Module:
-    if encoder == "gin":
-        mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, hidden))
-        return pyg_nn.GINConv(mlp, train_eps=True)
-    if encoder == "gcn":
-        return pyg_nn.GCNConv(hidden, hidden)
-    if encoder == "gat":
-        return pyg_nn.GATConv(hidden, hidden, heads=4, concat=False)
-    raise ValueError(f"unknown encoder {encoder!r}; choose one of: gat, gcn, gin")
-
-
-def _norm(norm: str, hidden: int) -> nn.Module:
-    if norm == "batch":
-        return nn.BatchNorm1d(hidden)
-    if norm == "layer":
-        return nn.LayerNorm(hidden)
-    if norm == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm {norm!r}; choose one of: batch, layer, none")
+CONVS = registry(config.ENCODERS, gin=_gin, gcn=lambda hidden: pyg_nn.GCNConv(hidden, hidden),
+                 gat=lambda hidden: pyg_nn.GATConv(hidden, hidden, heads=4, concat=False))
+NORMS = registry(config.NORMS, batch=nn.BatchNorm1d, layer=nn.LayerNorm, none=lambda hidden: nn.Identity())
+MEMORY_LAYERS = registry(config.MEMORY_IMPLS, fast=MemPooling, pyg=pyg_nn.MemPooling)
 
 
 class MemGNN(nn.Module):
@@ -53,14 +43,10 @@ class MemGNN(nn.Module):
         memory_impl: str = "fast",
     ):
         super().__init__()
-        if not len(clusters) == len(heads) == len(tau):
-            raise ValueError("clusters, heads and tau need one entry per memory layer")
-        if memory_impl not in MEMORY_LAYERS:
-            raise ValueError(f"unknown memory implementation {memory_impl!r}; choose one of: fast, pyg")
         self.dropout = dropout
         self.embed = nn.Linear(num_features, hidden)
-        self.convs = nn.ModuleList(_conv(encoder, hidden) for _ in range(layers))
-        self.norms = nn.ModuleList(_norm(norm, hidden) for _ in range(layers))
+        self.convs = nn.ModuleList(CONVS[encoder](hidden) for _ in range(layers))
+        self.norms = nn.ModuleList(NORMS[norm](hidden) for _ in range(layers))
         memory_layer = MEMORY_LAYERS[memory_impl]
         sizes = [hidden] + [memory_hidden] * len(clusters)
         self.memory = nn.ModuleList(
@@ -104,7 +90,13 @@ class MemGNN(nn.Module):
         return self.classifier(x.mean(dim=1)), torch.stack(kls)
 
 
-def build_model(**model_args: Any) -> MemGNN:
-    """Build the classifier from plain keyword arguments (as stored in a checkpoint's ``model_args``)."""
-    return MemGNN(**model_args)
+def build_model(spec: ModelSpec, num_features: int, num_classes: int) -> MemGNN:
+    """The classifier of ``spec`` for inputs of ``num_features`` and ``num_classes`` classes."""
+    return MemGNN(**spec.model_args(num_features, num_classes))
+
+
+def model_from_args(model_args: Mapping[str, Any]) -> MemGNN:
+    """The classifier of a checkpoint's ``model_args``, its spec checked like any other."""
+    spec = ModelSpec.from_model_args(model_args)
+    return build_model(spec, model_args["num_features"], model_args["num_classes"])
 

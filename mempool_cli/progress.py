@@ -4,72 +4,67 @@ from __future__ import annotations
 from typing import Optional
 
 from rich.console import Console
-from mempool_cli.run import SilentReporter
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-
-def _summary(epoch: int, stats: dict[str, float]) -> str:
-    return (f"epoch {epoch:4d}  loss {stats['loss']:.4f}  train_acc {stats['train_acc']:.3f}  "
-            f"val_loss {stats['val_loss']:.4f}  val_acc {stats['val_acc']:.3f}  "
-            f"best {stats['best_val_acc']:.3f}@{stats['best_epoch']}  lr {stats['lr']:.2e}")
+from mempool_cli.loop import Callback, TrainState
 
 
-class RichReporter:
+def epoch_line(epoch: int, stats: dict[str, float], best: dict) -> str:
+    """One epoch's figures on one line."""
+    return (f"epoch {epoch:4d}  loss {stats['train/loss']:.4f}  train_acc {stats['train/acc']:.3f}  "
+            f"val_loss {stats['val/loss']:.4f}  val_acc {stats['val/acc']:.3f}  "
+            f"best {best['val_acc']:.3f}@{best['epoch']}  lr {stats['lr']:.2e}")
+
+
+class RichReporter(Callback):
     """Epoch and batch bars with live loss and accuracy and the time left (terminal)."""
 
-    def __init__(self, console: Console):
-        self.console = console
+    def __init__(self, console: Console, title: str, epochs: int, batches: int):
+        self.console, self.title, self.epochs, self.batches = console, title, epochs, batches
         self.progress: Optional[Progress] = None
 
-    def start(self, title: str, epochs: int, batches: int, first_epoch: int) -> None:
+    def on_fit_start(self, state: TrainState) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
             console=self.console, transient=False,
         )
         self.progress.start()
-        self.epochs = self.progress.add_task(f"{title} epochs".strip(), total=epochs, completed=first_epoch - 1,
-                                             info="")
-        self.batches = self.progress.add_task("batches", total=batches, info="")
+        self.epoch_task = self.progress.add_task(f"{self.title} epochs".strip(), total=self.epochs,
+                                                 completed=state.epoch, info="")
+        self.batch_task = self.progress.add_task("batches", total=self.batches, info="")
 
-    def batch(self, step: int, loss: float) -> None:
-        self.progress.update(self.batches, completed=step, info=f"loss {loss:.4f}")
+    def on_batch(self, step: int, loss: float) -> None:
+        self.progress.update(self.batch_task, completed=step, info=f"loss {loss:.4f}")
 
-    def epoch(self, epoch: int, stats: dict[str, float]) -> None:
-        info = (f"loss {stats['loss']:.4f} acc {stats['train_acc']:.3f} | val {stats['val_acc']:.3f} "
-                f"| best {stats['best_val_acc']:.3f}@{stats['best_epoch']}")
-        self.progress.update(self.epochs, completed=epoch, info=info)
-        self.progress.reset(self.batches, info="")
+    def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
+        info = (f"loss {stats['train/loss']:.4f} acc {stats['train/acc']:.3f} | val {stats['val/acc']:.3f} "
+                f"| best {state.best['val_acc']:.3f}@{state.best['epoch']}")
+        self.progress.update(self.epoch_task, completed=state.epoch, info=info)
+        self.progress.reset(self.batch_task, info="")
 
-    def finish(self) -> None:
+    def on_fit_end(self, state: TrainState) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
 
 
-class PlainReporter:
+class PlainReporter(Callback):
     """About twenty plain lines per run, for logs and pipes."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, title: str, epochs: int, batches: int):
         self.console = console
-
-    def start(self, title: str, epochs: int, batches: int, first_epoch: int) -> None:
         self.every = max(1, epochs // 20)
-        self.title = f"[{title}] " if title else ""
+        self.prefix = f"[{title}] " if title else ""
 
-    def batch(self, step: int, loss: float) -> None:
-        pass
-
-    def epoch(self, epoch: int, stats: dict[str, float]) -> None:
-        if epoch == 1 or epoch % self.every == 0:
-            self.console.print(self.title + _summary(epoch, stats), highlight=False)
-
-    def finish(self) -> None:
-        pass
+    def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
+        if state.epoch == 1 or state.epoch % self.every == 0:
+            self.console.print(self.prefix + epoch_line(state.epoch, stats, state.best), highlight=False)
 
 
-def make_reporter(console: Console, enabled: bool):
-    """The display that suits the console: rich on a terminal, plain lines otherwise, none if disabled."""
+def progress_factory(console: Console, enabled: bool):
+    """What makes the display of each training: rich on a terminal, plain lines otherwise, none if disabled."""
     if not enabled:
-        return SilentReporter()
-    return RichReporter(console) if console.is_terminal else PlainReporter(console)
+        return None
+    reporter = RichReporter if console.is_terminal else PlainReporter
+    return lambda title, epochs, batches: reporter(console, title, epochs, batches)

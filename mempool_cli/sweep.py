@@ -1,23 +1,20 @@
 """Read-only summaries of finished or interrupted sweeps and k-fold runs, and the Hydra callback that writes them."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
+import statistics
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from mempool_cli.data import write_json_atomic
+from mempool_cli.artifacts import FOLDS, METRICS, csv_text, fold_dir, read_json, read_yaml, write_atomic, write_json
 from mempool_cli.errors import MempoolError
 from mempool_cli.report import mean_std_table, rows_table
-from mempool_cli.run import summarize_folds
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +23,16 @@ FOLD_COLUMNS = ("fold", "status", "val_acc", "test_acc", "best_epoch", "train_ti
 SELECTION_COLUMNS = ("fold", "job", "overrides", "val_acc", "test_acc")
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each accuracy's mean over the folds (under its own name, e.g. ``test_acc``) and its sample standard
+    deviation (``test_acc_std``), so that sweeps sort k-fold jobs like holdout ones."""
+    summary: dict[str, Any] = {"folds": len(fold_metrics)}
+    for key in ("val_acc", "test_acc", "train_acc"):
+        values = [m[key] for m in fold_metrics]
+        summary[key] = statistics.fmean(values)
+        summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary["train_time_s"] = sum(m["train_time_s"] for m in fold_metrics)
+    return summary
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -43,11 +45,11 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job of a Hydra sweep: the overrides that vary between jobs (all of them under
     ``all_overrides``) and its metrics, best validation accuracy first, unfinished jobs last."""
     jobs = job_dirs(sweep_dir)
-    overrides = [yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [] for job in jobs]
+    overrides = [read_yaml(job / ".hydra" / "overrides.yaml") or [] for job in jobs]
     common = set.intersection(*map(set, overrides)) if len(overrides) > 1 else set()
     rows = []
     for job, job_overrides in zip(jobs, overrides):
-        metrics = _read_json(job / "metrics.json")
+        metrics = read_json(job / METRICS)
         row: dict[str, Any] = {"job": job.name, "overrides": " ".join(o for o in job_overrides if o not in common),
                                "all_overrides": " ".join(job_overrides), "status": "done" if metrics else "unfinished"}
         row.update(metrics or {})
@@ -66,10 +68,10 @@ def common_overrides(rows: list[dict[str, Any]]) -> str:
 def fold_rows(run_dir: Path) -> list[dict[str, Any]]:
     """One row per fold of a k-fold run, finished or not."""
     rows = []
-    folds = _read_json(run_dir / "folds.json")
+    folds = read_json(run_dir / FOLDS)
     count = len(folds["folds"]) if folds else len(list(run_dir.glob("fold_*")))
     for i in range(count):
-        metrics = _read_json(run_dir / f"fold_{i}" / "metrics.json")
+        metrics = read_json(fold_dir(run_dir, i) / METRICS)
         rows.append({"fold": i, "status": "done" if metrics else "unfinished", **(metrics or {})})
     return rows
 
@@ -81,7 +83,7 @@ def fold_summary(rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
 
 
 def is_kfold_run(path: Path) -> bool:
-    return (path / "folds.json").exists() or any(path.glob("fold_*"))
+    return (path / FOLDS).exists() or any(path.glob("fold_*"))
 
 
 def fold_selection(sweep_dir: Path, rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
@@ -94,7 +96,7 @@ def fold_selection(sweep_dir: Path, rows: list[dict[str, Any]]) -> Optional[dict
     left out.
     """
     jobs = job_dirs(sweep_dir)
-    assignments = {json.dumps((_read_json(job / "folds.json") or {}).get("folds")) for job in jobs}
+    assignments = {json.dumps((read_json(job / FOLDS) or {}).get("folds")) for job in jobs}
     if len(jobs) < 2 or len(assignments) != 1 or assignments == {"null"}:
         return None
     varying = {row["job"]: row["overrides"] for row in rows}
@@ -107,14 +109,6 @@ def fold_selection(sweep_dir: Path, rows: list[dict[str, Any]]) -> Optional[dict
             name, best = max(candidates, key=lambda candidate: candidate[1]["val_acc"])
             rows.append({**best, "job": name, "overrides": varying[name]})
     return {"rows": rows, "summary": summarize_folds(rows), "folds": k} if rows else None
-
-
-def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def to_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
@@ -134,17 +128,17 @@ def present_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
 def _write_summary_files(sweep_dir: Path, rows: list[dict[str, Any]], selection: Optional[dict[str, Any]]) -> None:
     """Write ``summary.csv`` and ``summary.md`` (and ``selection.json`` for a sweep of k-fold jobs) into the sweep
     directory."""
-    (sweep_dir / "summary.csv").write_text(to_csv(rows, SWEEP_COLUMNS + ("all_overrides",)))
+    write_atomic(sweep_dir / "summary.csv", csv_text(rows, SWEEP_COLUMNS + ("all_overrides",)))
     markdown = (f"# Sweep {sweep_dir.name} (best validation accuracy first)\n\n"
                 f"Common overrides: `{common_overrides(rows)}`\n\n" + to_markdown(rows, present_columns(rows)))
     if selection:
-        write_json_atomic(sweep_dir / "selection.json", selection)
+        write_json(sweep_dir / "selection.json", selection)
         summary = selection["summary"]
         markdown += (f"\n## Model selection per fold (on validation accuracy)\n\n"
                      f"test_acc {summary['test_acc']:.4f} +- {summary['test_acc_std']:.4f} over "
                      f"{summary['folds']} of {selection['folds']} folds\n\n"
                      + to_markdown(selection["rows"], SELECTION_COLUMNS))
-    (sweep_dir / "summary.md").write_text(markdown)
+    write_atomic(sweep_dir / "summary.md", markdown)
 
 
 def _sweep_tables(sweep_dir: Path, rows: list[dict[str, Any]], selection: Optional[dict[str, Any]]) -> list[Table]:

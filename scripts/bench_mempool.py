@@ -17,7 +17,6 @@ import ctypes
 import functools
 import gc
 import multiprocessing
-import os
 import re
 import statistics
 import time
@@ -32,13 +31,16 @@ from torch import nn
 from torch_geometric.nn import DeepGCNLayer, GATConv, global_mean_pool
 from torch_geometric.nn import MemPooling as PygMemPooling
 
-from mempool_cli.data import featurize, fit_feature_stats, load_tudataset, make_loader
+from mempool_cli.config import DataSpec, default_data_root, default_data_source
+from mempool_cli.data import Dataset, make_loader
 from mempool_cli.engine import train_epoch
 from mempool_cli.nn import MemPooling, kernels
 
-ROOT = os.environ.get("MEMPOOL_DATA_ROOT", "~/.cache/mempool/TUDataset")
-SOURCE = os.environ.get("MEMPOOL_DATA_SOURCE")
-URL = "https://www.chrsmrrs.com/graphkerneldatasets"
+
+
+def load(name: str) -> Dataset:
+    """A TU dataset through mempool's data path (cache, offline source or download), PROTEINS' recipe."""
+    return Dataset.load(DataSpec(name, root=default_data_root(), source=default_data_source()))
 
 
 def _status_kib(field: str) -> int:
@@ -82,7 +84,7 @@ def timed(runs: list, repeats: int) -> list[float]:
 
 # ---------------------------------------------------------------- 1. the layer alone
 def graph_sizes(name: str) -> np.ndarray:
-    dataset = load_tudataset(name, ROOT, SOURCE, URL)
+    dataset = load(name).raw
     indicator = Path(dataset.raw_dir) / f"{name}_graph_indicator.txt"
     return np.bincount(np.loadtxt(indicator, dtype=np.int64))[1:]
 
@@ -202,11 +204,10 @@ EPOCH_LOOPS = {
 
 def epoch_runner(loop: str):
     """One training epoch on PROTEINS (batch 20) as a callable: ``example``, ``trainer`` or ``limit``."""
-    dataset = load_tudataset("PROTEINS", ROOT, SOURCE, URL)
-    recipe = {"name": "PROTEINS", "node_attributes": True, "node_labels": True, "degree": "none", "max_degree": 64}
-    index = list(range(len(dataset)))
-    graphs = featurize(dataset, recipe, fit_feature_stats(dataset, recipe, index))
-    loader = make_loader(graphs.graphs, index, batch_size=20, shuffle=True, seed=0)
+    dataset = load("PROTEINS")
+    index = list(range(len(dataset.labels)))
+    graphs = dataset.featurize(dataset.fit_features(index))
+    loader = make_loader(graphs, index, batch_size=20, shuffle=True, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     memory = {"example": "pyg", "trainer": "fast", "limit": "mean"}[loop]
     model = ExampleNet(graphs.num_features, graphs.num_classes, memory)

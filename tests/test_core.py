@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from torch_geometric.data import Batch, Data
 
-from mempool_cli.checkpoint import load_checkpoint, save_checkpoint
-from mempool_cli.config import register_configs, validate
+from mempool_cli.artifacts import load_checkpoint, save_checkpoint
+from mempool_cli.config import ModelSpec, register_configs, resolve
 from mempool_cli.engine import train_epoch
 from mempool_cli.errors import CheckpointError, ConfigError
 from mempool_cli.model import build_model
-from mempool_cli.run import train
+from mempool_cli.protocols import train
 
 from conftest import TINY_ARGS
 
@@ -24,6 +24,10 @@ register_configs()
 def compose_cfg(overrides: list[str]):
     with initialize_config_module(config_module="mempool_cli.configs", version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
+
+
+def spec_of(overrides: list[str]):
+    return resolve(compose_cfg(overrides))
 
 
 @pytest.mark.parametrize(
@@ -41,16 +45,14 @@ def compose_cfg(overrides: list[str]):
 )
 def test_impossible_values_are_refused_by_key(override, key):
     with pytest.raises(ConfigError) as info:
-        validate(compose_cfg([override]))
+        spec_of([override])
     assert str(info.value).startswith(key)
 
 
 def test_every_dataset_config_composes_and_validates():
     for name in ("PROTEINS", "PROTEINS_full", "ENZYMES", "DD", "MUTAG", "NCI1", "IMDB-BINARY", "IMDB-MULTI",
                  "COLLAB", "REDDIT-BINARY"):
-        cfg = compose_cfg([f"dataset={name}"])
-        validate(cfg)
-        assert cfg.dataset.name == name
+        assert spec_of([f"dataset={name}"]).data.name == name
 
 
 def _tiny_batch():
@@ -60,8 +62,9 @@ def _tiny_batch():
 
 
 def test_model_shapes_and_per_layer_settings():
-    model = build_model(num_features=3, num_classes=2, encoder="gat", hidden=8, layers=2, dropout=0.0, norm="layer",
-                        clusters=[4, 2, 1], memory_hidden=6, heads=[3, 2, 1], tau=[1.0, 0.5, 2.0])
+    spec = ModelSpec(encoder="gat", hidden=8, layers=2, dropout=0.0, norm="layer", clusters=(4, 2, 1),
+                     memory_hidden=6, heads=(3, 2, 1), tau=(1.0, 0.5, 2.0))
+    model = build_model(spec, num_features=3, num_classes=2)
     data = _tiny_batch()
     logits, kls = model(data.x, data.edge_index, data.batch, data.num_graphs)
     assert logits.shape == (4, 2) and kls.shape == (3,) and (kls >= 0).all() and kls[-1] == 0
@@ -72,9 +75,9 @@ def test_model_shapes_and_per_layer_settings():
 def test_paper_schedule_keys_learn_from_kl_only(impl):
     """In one step, each layer's keys get exactly its KL gradient and every other parameter the CE gradient."""
     torch.manual_seed(0)
-    model = build_model(num_features=3, num_classes=2, hidden=8, layers=1, dropout=0.0, norm="none",
-                        clusters=[3, 2, 1], memory_hidden=8, heads=[2, 2, 2], tau=[1.0, 0.5, 1.0],
-                        memory_impl=impl)
+    spec = ModelSpec(hidden=8, layers=1, dropout=0.0, norm="none", clusters=(3, 2, 1), memory_hidden=8,
+                     heads=(2, 2, 2), tau=(1.0, 0.5, 1.0), memory_impl=impl)
+    model = build_model(spec, num_features=3, num_classes=2)
     data = _tiny_batch()
     logits, layer_kls = model(data.x, data.edge_index, data.batch, data.num_graphs)
     assert layer_kls.shape == (3,)
@@ -117,9 +120,9 @@ def test_checkpoint_is_atomic_and_checked(tmp_path):
 
 
 def test_train_in_process_writes_artifacts_and_is_deterministic(tmp_path, data_env):
-    cfg = compose_cfg(TINY_ARGS + ["train.epochs=4"])
-    first = train(cfg, tmp_path / "a")
-    second = train(cfg, tmp_path / "b")
+    spec = spec_of(TINY_ARGS + ["train.epochs=4"])
+    first = train(spec, tmp_path / "a")
+    second = train(spec, tmp_path / "b")
     for key in ("train_acc", "val_acc", "test_acc", "val_loss", "best_epoch"):
         assert first[key] == second[key]
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["test_acc"] == first["test_acc"]

@@ -6,16 +6,10 @@ import json
 import pytest
 import torch
 
-from mempool_cli.data import (
-    featurize,
-    fit_feature_stats,
-    holdout_split,
-    kfold_splits,
-    load_tudataset,
-    read_split_file,
-    split_metadata,
-    write_json_atomic,
-)
+from mempool_cli.artifacts import write_json
+from mempool_cli.data.features import featurize, fit_feature_stats
+from mempool_cli.data.splits import holdout_split, kfold_splits, read_split_file, split_metadata
+from mempool_cli.data.tu import load_tudataset
 from mempool_cli.errors import DataError
 
 RECIPE = {"name": "TINY", "node_attributes": True, "node_labels": True, "degree": "none", "max_degree": 4}
@@ -96,7 +90,7 @@ def test_kfold_test_parts_partition_the_data():
 def test_split_file_mismatch_is_refused(tmp_path):
     labels = torch.tensor([0, 1] * 10)
     path = tmp_path / "split.json"
-    write_json_atomic(path, {"meta": split_metadata("TINY", labels, 0), "split": holdout_split(labels, .2, .2, 0)})
+    write_json(path, {"meta": split_metadata("TINY", labels, 0), "split": holdout_split(labels, .2, .2, 0)})
     assert read_split_file(path, "TINY", labels)["split"]["test"]
     with pytest.raises(DataError, match="labels_hash"):
         read_split_file(path, "TINY", labels.flip(0))

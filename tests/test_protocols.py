@@ -12,9 +12,8 @@ import pytest
 import yaml
 
 from conftest import TINY_ARGS, run_cli
-from mempool_cli.run import summarize_folds
-from mempool_cli.sweep import (common_overrides, fold_rows, fold_selection, fold_summary, summarize_sweep,
-                               sweep_rows)
+from mempool_cli.sweep import (common_overrides, fold_rows, fold_selection, fold_summary, summarize_folds,
+                               summarize_sweep, sweep_rows)
 
 QUICK = [*TINY_ARGS, "train.epochs=2"]
 

@@ -1,0 +1,71 @@
+"""The callbacks that leave a run's files: checkpoints, TensorBoard events and the per-epoch history."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from mempool_cli.artifacts import CHECKPOINT, LAST, csv_text, read_csv, save_checkpoint, write_atomic
+from mempool_cli.loop import Callback, TrainState
+
+
+class Checkpointer(Callback):
+    """``checkpoint.pt``: the best-validation model, rewritten when the best improves and with the final metrics;
+    ``last.pt``: the latest epoch with the whole training state, every epoch. ``base`` describes the run
+    (model args, config, dataset, split) and goes into both."""
+
+    def __init__(self, run_dir: Path, base: dict[str, Any]):
+        self.run_dir, self.base = Path(run_dir), base
+
+    def _save_best(self, state: TrainState, epoch: int, metrics: dict[str, Any]) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, {**self.base, "model_state": state.best_model_state,
+                                                    "epoch": epoch, "metrics": metrics})
+
+    def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
+        if state.best["epoch"] == state.epoch:
+            self._save_best(state, state.epoch, dict(state.best))
+        save_checkpoint(self.run_dir / LAST, {**self.base, **state.state_dict(), "metrics": dict(state.best)})
+
+    def on_results(self, state: TrainState, metrics: dict[str, Any]) -> None:
+        self._save_best(state, state.best["epoch"], metrics)
+
+
+class TensorBoardLogger(Callback):
+    """Every epoch scalar under its name; at the end ``test/acc`` and the run's hyperparameters (HPARAMS tab)."""
+
+    def __init__(self, log_dir: Path, hparams: dict[str, Any]):
+        self.log_dir, self.hparams = Path(log_dir), hparams
+        self.writer = None
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.writer = SummaryWriter(str(self.log_dir))
+
+    def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
+        for tag, value in stats.items():
+            self.writer.add_scalar(tag, value, state.epoch)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        self.writer.flush()
+
+    def on_results(self, state: TrainState, metrics: dict[str, Any]) -> None:
+        self.writer.add_scalar("test/acc", metrics["test_acc"], state.best["epoch"])
+        self.writer.add_hparams(self.hparams, {"hparam/val_acc": metrics["val_acc"],
+                                               "hparam/test_acc": metrics["test_acc"]}, run_name=".")
+        self.writer.close()
+
+
+class HistoryLogger(Callback):
+    """``history.csv``: one row per epoch with every scalar that goes to TensorBoard, rewritten atomically each
+    epoch; a resumed run keeps the rows of the epochs it restored."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.rows = [row for row in read_csv(self.path) if int(row["epoch"]) <= state.epoch]
+
+    def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
+        self.rows.append({"epoch": state.epoch, **stats})
+        write_atomic(self.path, csv_text(self.rows, list(self.rows[-1])))

@@ -1,0 +1,133 @@
+"""Holdout and k-fold: each draws, saves, checks and reuses its splits, then trains on them.
+
+What a run directory records is always what was trained: a holdout run saves the split it trains (the
+checkpoint's own split on resume), and a k-fold rerun in the same directory must have the settings of the folds
+it keeps.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from mempool_cli.artifacts import CONFIG, FOLDS, LAST, METRICS, SPLIT, SUMMARY, fold_dir, load_checkpoint
+from mempool_cli.artifacts import read_json, read_yaml, write_json, write_yaml
+from mempool_cli.config import RunSpec, changed_settings
+from mempool_cli.data import Dataset
+from mempool_cli.data.splits import check_same_data, holdout_split, kfold_splits, read_split_file, split_metadata
+from mempool_cli.device import set_threads
+from mempool_cli.errors import CheckpointError, ConfigError
+from mempool_cli.sweep import summarize_folds
+from mempool_cli.training import ProgressFactory, train_split
+
+log = logging.getLogger(__name__)
+
+# what may differ between a checkpoint and the run that resumes it: how long it goes on, and where the split is
+RESUMABLE_CHANGES = ("train.epochs", "train.patience", "protocol.split_file")
+
+
+def _resume_checkpoint(spec: RunSpec) -> dict[str, Any]:
+    """The ``last.pt`` named by ``train.resume``, refused unless it was trained with these settings."""
+    path = spec.train.resume
+    checkpoint = load_checkpoint(path)
+    if "optimizer_state" not in checkpoint:
+        raise CheckpointError(f"{path} cannot be resumed: pass a last.pt, not a best checkpoint")
+    changed = changed_settings(checkpoint["config"], spec.config, allowed=RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(f"train.resume: {path} was trained with other settings ({', '.join(changed)}); "
+                          "resume with the same ones (only train.epochs and train.patience may change)")
+    return checkpoint
+
+
+def _check_kfold_rerun(spec: RunSpec, run_dir: Path) -> None:
+    """A k-fold rerun keeps the folds already finished, so it must have the settings they were trained with."""
+    previous = read_yaml(run_dir / CONFIG)
+    changed = changed_settings(previous, spec.config) if previous is not None else []
+    if changed:
+        raise ConfigError(f"{run_dir} holds a k-fold run with other settings ({', '.join(changed)}); "
+                          "rerun it with the same ones, or use a new directory")
+
+
+def _holdout_split(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
+    """The split to train: reused from ``protocol.split_file`` when that file exists, else drawn (and saved)."""
+    name, labels = spec.data.name, dataset.labels
+    target = Path(spec.protocol.split_file) if spec.protocol.split_file else None
+    if target is not None and target.exists():
+        return read_split_file(target, name, labels)
+    split = holdout_split(labels, spec.protocol.val_fraction, spec.protocol.test_fraction, spec.seed)
+    payload = {"meta": split_metadata(name, labels, spec.seed, protocol="holdout"), "split": split}
+    if target is not None:
+        write_json(target, payload)
+    return payload
+
+
+def run_holdout(spec: RunSpec, run_dir: Path, dataset: Dataset, progress: Optional[ProgressFactory],
+                resume: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """Train on one split; ``split.json`` records the split trained (the checkpoint's own when resuming)."""
+    if resume is not None:
+        check_same_data(resume["split_meta"], spec.data.name, dataset.labels, f"train.resume {spec.train.resume}")
+        payload = {"meta": resume["split_meta"], "split": resume["split"]}
+    else:
+        payload = _holdout_split(spec, dataset)
+    write_json(run_dir / SPLIT, payload)
+    return train_split(spec, run_dir, dataset, payload["split"], payload["meta"], progress, resume=resume)
+
+
+def _folds(spec: RunSpec, dataset: Dataset, run_dir: Path) -> tuple[list[dict], dict]:
+    """Fold assignments, written once (``protocol.split_file`` or ``folds.json``) and reused after."""
+    name, labels, k = spec.data.name, dataset.labels, spec.protocol.folds
+    target = Path(spec.protocol.split_file) if spec.protocol.split_file else run_dir / FOLDS
+    if target.exists():
+        payload = read_split_file(target, name, labels)
+        if payload["meta"].get("folds") != k or len(payload.get("folds", [])) != k:
+            raise ConfigError(f"protocol.folds: {target} holds {payload['meta'].get('folds')} folds, not {k}")
+        return payload["folds"], payload["meta"]
+    folds = kfold_splits(labels, k, spec.protocol.val_fraction, spec.seed)
+    meta = split_metadata(name, labels, spec.seed, protocol="kfold", folds=k, val_fraction=spec.protocol.val_fraction)
+    write_json(target, {"meta": meta, "folds": folds})
+    return folds, meta
+
+
+def _run_fold(spec: RunSpec, run_dir: Path, dataset: Dataset, fold: int, split: dict, meta: dict,
+              progress: Optional[ProgressFactory]) -> dict[str, Any]:
+    """One fold: skipped when finished, resumed from its ``last.pt`` when interrupted, else trained."""
+    directory = fold_dir(run_dir, fold)
+    done = read_json(directory / METRICS)
+    if done is not None:
+        log.info("fold %d already finished, skipped", fold)
+        return done
+    resume = None
+    if (directory / LAST).exists():
+        log.info("fold %d resumes from %s", fold, directory / LAST)
+        resume = load_checkpoint(directory / LAST)
+    return train_split(spec, directory, dataset, split, {**meta, "fold": fold}, progress,
+                       title=f"fold {fold + 1}/{spec.protocol.folds}", resume=resume)
+
+
+def run_kfold(spec: RunSpec, run_dir: Path, dataset: Dataset, progress: Optional[ProgressFactory]) -> dict[str, Any]:
+    """Every fold in turn, then ``summary.json`` (per fold and aggregated) and ``metrics.json`` (the means)."""
+    folds, meta = _folds(spec, dataset, run_dir)
+    per_fold = [{"fold": i, **_run_fold(spec, run_dir, dataset, i, split, meta, progress)}
+                for i, split in enumerate(folds)]
+    summary = {"dataset": spec.data.name, "protocol": "kfold", **summarize_folds(per_fold), "per_fold": per_fold}
+    write_json(run_dir / SUMMARY, summary)
+    metrics = {key: value for key, value in summary.items() if key != "per_fold"}
+    write_json(run_dir / METRICS, metrics)
+    return metrics
+
+
+def train(spec: RunSpec, run_dir: str | Path, progress: Optional[ProgressFactory] = None) -> dict[str, Any]:
+    """Run ``spec``'s protocol in ``run_dir``; returns the run's metrics."""
+    set_threads(spec.threads)
+    run_dir = Path(run_dir)
+    resume = _resume_checkpoint(spec) if spec.train.resume else None
+    if spec.protocol.name == "kfold":
+        if resume is not None:
+            raise ConfigError("train.resume: k-fold runs resume by running again in the same run directory")
+        _check_kfold_rerun(spec, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / CONFIG, spec.config)
+    dataset = Dataset.load(spec.data)
+    if spec.protocol.name == "holdout":
+        return run_holdout(spec, run_dir, dataset, progress, resume)
+    return run_kfold(spec, run_dir, dataset, progress)

@@ -1,0 +1,73 @@
+"""One model trained on one split: build it, fit it with the run's callbacks, evaluate it, write its metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from mempool_cli.artifacts import HISTORY, METRICS, TENSORBOARD, write_json
+from mempool_cli.callbacks import Checkpointer, HistoryLogger, TensorBoardLogger
+from mempool_cli.config import RunSpec, result_settings
+from mempool_cli.data import Dataset, GraphSet, make_loader
+from mempool_cli.device import pick_device, seed_everything
+from mempool_cli.engine import evaluate
+from mempool_cli.loop import Callback, EarlyStopping, TrainState, fit
+from mempool_cli.model import build_model
+from mempool_cli.nn import kernels
+
+# makes the progress display of one training: (title, epochs, batches per epoch) -> callback
+ProgressFactory = Callable[[str, int, int], Callback]
+PARTS = ("train", "val", "test")
+
+
+def _final_metrics(spec: RunSpec, state: TrainState, graphs: GraphSet, split: dict[str, list[int]],
+                   device: torch.device) -> dict[str, Any]:
+    """Accuracy and loss of the best-validation weights on each part of the split."""
+    state.model.load_state_dict(state.best_model_state)
+    results = {part: evaluate(state.model, make_loader(graphs, split[part], spec.train.batch_size), device,
+                              spec.train.kl_weight) for part in PARTS}
+    return {
+        "dataset": spec.data.name,
+        "best_epoch": state.best["epoch"],
+        "epochs_run": state.epoch,
+        **{f"{part}_acc": result["acc"] for part, result in results.items()},
+        **{f"{part}_loss": result["loss"] for part, result in results.items()},
+        "num_params": sum(p.numel() for p in state.model.parameters()),
+        "train_time_s": round(state.train_time_s, 3),
+        "device": device.type,
+        "seed": spec.seed,
+    }
+
+
+def train_split(spec: RunSpec, run_dir: Path, dataset: Dataset, split: dict[str, list[int]],
+                split_meta: dict[str, Any], progress: Optional[ProgressFactory] = None, title: str = "",
+                resume: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Train on ``split`` in ``run_dir`` (from a ``last.pt``'s state with ``resume``); returns the metrics."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(spec.device)
+    stats = resume["dataset"]["feature_stats"] if resume else dataset.fit_features(split["train"])
+    graphs = dataset.featurize(stats)
+    seed_everything(spec.seed)
+    model = build_model(spec.model, graphs.num_features, graphs.num_classes).to(device)
+    state = TrainState.create(model, spec.optim, spec.train.epochs, spec.seed)
+    if resume:
+        state.load_state_dict(resume)
+    train_loader = make_loader(graphs, split["train"], spec.train.batch_size, shuffle=True, generator=state.generator)
+    val_loader = make_loader(graphs, split["val"], spec.train.batch_size)
+    base = {"model_args": spec.model.model_args(graphs.num_features, graphs.num_classes), "config": spec.config,
+            "dataset": dataset.describe(graphs, stats), "split": split, "split_meta": split_meta}
+    callbacks = [EarlyStopping(spec.train.patience), Checkpointer(run_dir, base),
+                 TensorBoardLogger(run_dir / TENSORBOARD, result_settings(spec.config)),
+                 HistoryLogger(run_dir / HISTORY)]
+    if progress is not None:
+        callbacks.append(progress(title, spec.train.epochs, len(train_loader)))
+    if device.type == "cpu" and spec.model.memory_impl == "fast":
+        kernels.cpu_kernels()  # a first-use build happens here, outside the timed training
+    fit(state, train_loader, val_loader, spec.train, device, callbacks)
+    metrics = _final_metrics(spec, state, graphs, split, device)
+    for callback in callbacks:
+        callback.on_results(state, metrics)
+    write_json(run_dir / METRICS, metrics)
+    return metrics
