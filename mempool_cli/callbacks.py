@@ -6,7 +6,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from mempool_cli.artifacts import CHECKPOINT, LAST, csv_text, read_csv, save_checkpoint, write_atomic
+from mempool_cli.artifacts import CHECKPOINT, LAST, csv_text, save_checkpoint, write_atomic
 from mempool_cli.loop import Callback, TrainState
 
 
@@ -56,16 +56,11 @@ class TensorBoardLogger(Callback):
 
 
 class HistoryLogger(Callback):
-    """``history.csv``: one row per epoch with every scalar that goes to TensorBoard, rewritten atomically each
-    epoch; a resumed run keeps the rows of the epochs it restored."""
+    """``history.csv``: the state's history, one row per epoch with every scalar that goes to TensorBoard,
+    rewritten atomically each epoch (a resumed run's file starts with the epochs it restored)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.rows: list[dict[str, Any]] = []
-
-    def on_fit_start(self, state: TrainState) -> None:
-        self.rows = [row for row in read_csv(self.path) if int(row["epoch"]) <= state.epoch]
 
     def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
-        self.rows.append({"epoch": state.epoch, **stats})
-        write_atomic(self.path, csv_text(self.rows, list(self.rows[-1])))
+        write_atomic(self.path, csv_text(state.history, list(state.history[-1])))

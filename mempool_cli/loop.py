@@ -50,6 +50,7 @@ class TrainState:
     best: dict[str, Any] = field(default_factory=no_best)
     best_model_state: dict[str, Any] = field(default_factory=dict)
     train_time_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)  # every epoch's scalars
     stopped: bool = False
 
     @classmethod
@@ -77,7 +78,7 @@ class TrainState:
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng_state": torch.get_rng_state(), "loader_rng_state": self.generator.get_state(),
             "epoch": self.epoch, "best": dict(self.best), "best_model_state": self.best_model_state,
-            "train_time_s": self.train_time_s,
+            "train_time_s": self.train_time_s, "history": list(self.history),
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
@@ -90,6 +91,7 @@ class TrainState:
         self.generator.set_state(saved["loader_rng_state"])
         self.epoch, self.best = saved["epoch"], dict(saved["best"])
         self.best_model_state, self.train_time_s = saved["best_model_state"], saved["train_time_s"]
+        self.history = list(saved.get("history", []))
 
 
 class Callback:
@@ -162,6 +164,7 @@ def fit(state: TrainState, train_loader: DataLoader, val_loader: DataLoader, spe
             state.epoch += 1
             stats = run_epoch(state, train_loader, val_loader, spec, device, callbacks)
             state.train_time_s = time.perf_counter() - started
+            state.history.append({"epoch": state.epoch, **stats})
             for callback in callbacks:
                 callback.on_epoch_end(state, stats)
     finally:

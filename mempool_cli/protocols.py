@@ -22,8 +22,8 @@ from mempool_cli.training import ProgressFactory, train_split
 
 log = logging.getLogger(__name__)
 
-# what may differ between a checkpoint and the run that resumes it: how long it goes on, and where the split is
-RESUMABLE_CHANGES = ("train.epochs", "train.patience", "protocol.split_file")
+# what may differ between a checkpoint and the run that resumes it: how long it goes on
+RESUMABLE_CHANGES = ("train.epochs", "train.patience")
 
 
 def _resume_checkpoint(spec: RunSpec) -> dict[str, Any]:

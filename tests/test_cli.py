@@ -37,7 +37,8 @@ def trained(tmp_path_factory, tiny_source):
 
 def test_train_leaves_checkpoint_logs_and_metrics(trained):
     _, _, run_dir, result = trained
-    for name in ("checkpoint.pt", "last.pt", "metrics.json", "split.json", "config.yaml", ".hydra/config.yaml"):
+    for name in ("checkpoint.pt", "last.pt", "metrics.json", "split.json", "config.yaml", ".hydra/config.yaml",
+                 "history.csv"):
         assert (run_dir / name).exists(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 4 and 0.0 <= metrics["test_acc"] <= 1.0
@@ -140,4 +141,5 @@ def test_real_mutag_from_shared(tmp_path):
     result = run_cli(["train", "dataset=MUTAG", "train.epochs=15", "train.progress=false"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((_single_run_dir(tmp_path) / "metrics.json").read_text())
-    assert metrics["dataset"] == "MUTAG" and metrics["val_acc"] > 0.6
+    majority = 125 / 188  # MUTAG's larger class
+    assert metrics["dataset"] == "MUTAG" and metrics["val_acc"] > majority and metrics["test_acc"] > majority
