@@ -249,3 +249,20 @@ def test_kernels_fall_back_to_pytorch_operations_when_they_cannot_be_built(monke
     monkeypatch.setenv(kernels.SWITCH, "0")  # switched off: no build is tried, nothing is logged
     caplog.clear()
     assert BUILD_KERNELS() is None and not caplog.text
+
+
+def test_a_large_tau_far_from_the_keys_stays_finite():
+    """With tau=100 and distant inputs PyG's float32 kernel underflows to 0/0 (NaN); ours normalises each head
+    relative to its nearest key, so it gives what PyG gives in float64."""
+    ref, ours = _pair(torch.float64, tau=100.0)
+    x, batch = _batch([7, 5], 16, torch.float64)
+    x = x * 40.0
+    out_ref, S_ref = ref(x, batch)
+    ours = ours.float()
+    x32 = x.float().requires_grad_()
+    out, S = ours(x32, batch)
+    assert torch.isnan(PygMemPooling.kl_loss(ref.float()(x.float(), batch)[1])).item()
+    _close(to_dense_batch(S, batch)[0].double(), S_ref, 1e-5)
+    _close(out.double(), out_ref, 1e-4)
+    (out.sum() + MemPooling.kl_loss(S, batch)).backward()
+    assert torch.isfinite(x32.grad).all() and torch.isfinite(ours.k.grad).all()

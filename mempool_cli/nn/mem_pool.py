@@ -27,32 +27,29 @@ class _Assign(torch.autograd.Function):
         (M, _), K, H = x.shape, num_clusters, w.numel()
         # tau + ||k - x||^2, clamped at tau against rounding below zero distance
         q = torch.addmm((keys * keys).sum(-1, keepdim=True).add_(tau), keys, x.t(), alpha=-2.0)
-        q.add_((x * x).sum(-1)).clamp_min_(tau)
-        if tau == 1.0:
-            q.reciprocal_()  # (1 + d)^-1
-        else:
-            q.div_(tau).pow_(-(tau + 1.0) / 2.0)
-        q = q.view(H, K, M)
+        inv = q.add_((x * x).sum(-1)).clamp_min_(tau).reciprocal_().mul_(tau).view(H, K, M)  # (1 + d / tau)^-1
+        q = inv
+        if tau != 1.0:  # (1 + d / tau)^(-(1 + tau) / 2) relative to each head's nearest key: the normalisation
+            q = (inv / inv.amax(dim=1, keepdim=True)).pow_((tau + 1.0) / 2.0)  # cancels the factor; no 0/0
         S_heads = q / q.sum(dim=1, keepdim=True)
         S_t = torch.softmax((w @ S_heads.view(H, K * M)).view(K, M), dim=0)
-        ctx.save_for_backward(x, keys, w, q, S_heads, S_t)
+        ctx.save_for_backward(x, keys, w, inv, S_heads, S_t)
         ctx.tau = tau
         S = S_t.t().contiguous()
         return (S, S.clone()) if split_key_grad else S
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        x, keys, w, q, S_heads, S_t = ctx.saved_tensors
+        x, keys, w, inv, S_heads, S_t = ctx.saved_tensors
         tau = ctx.tau
-        H, K, M = q.shape
+        H, K, M = inv.shape
         grad_S = torch.stack([g.t() for g in grads])  # [T, K, M], T streams (2 when split)
         grad_logits = (S_t * (grad_S - (grad_S * S_t).sum(-2, keepdim=True))).unsqueeze(1)  # [T, 1, K, M]
         # through the normalisation over K: grad_q = w_h (grad_logits - c_h) / Z_h
         c = (grad_logits * S_heads).sum(-2, keepdim=True)  # [T, H, 1, M]
         grad_w = c[0].sum((1, 2))
-        # d q / d dist = -(1+tau)/(2 tau) q^(1 + 2/(1+tau)), and q / Z = S_heads
-        q_factor = q if tau == 1.0 else q.pow(2.0 / (1.0 + tau))
-        scale = (S_heads * q_factor).mul_(w.view(H, 1, 1) * (-(1.0 + tau) / (2.0 * tau)))
+        # d q / d dist = -(1+tau)/(2 tau) q (1 + d/tau)^-1 for q up to a per-head factor, and q / Z = S_heads
+        scale = (S_heads * inv).mul_(w.view(H, 1, 1) * (-(1.0 + tau) / (2.0 * tau)))
         grad_dist = ((grad_logits - c) * scale).view(-1, H * K, M)
         grad_x = grad_keys = None
         if ctx.needs_input_grad[0]:

@@ -73,8 +73,12 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
           idi[j] = 1 / std::max(t + xx + kk[j] - 2 * idi[j], t);  // clamped against rounding below zero
           shi[j] = idi[j];
         }
-        if (tau != 1.0) {
-          for (int64_t j = 0; j < HK; ++j) shi[j] = std::pow(t * idi[j], power);  // (d / tau)^(-(1 + tau) / 2)
+        if (tau != 1.0) {  // (1 + d / tau)^(-(1 + tau) / 2), relative to each head's nearest key: the per-head
+          for (int64_t h = 0; h < H; ++h) {  // normalisation below cancels the factor, and nothing underflows to 0/0
+            scalar_t* shh = shi + h * K;
+            const scalar_t nearest = *std::max_element(shh, shh + K);
+            for (int64_t k = 0; k < K; ++k) shh[k] = std::pow(shh[k] / nearest, power);
+          }
         }
         std::fill(logits.begin(), logits.end(), scalar_t(0));
         for (int64_t h = 0; h < H; ++h) {  // normalise each head over K, then merge the heads
