@@ -27,6 +27,9 @@ KL_SCHEDULES = ("paper", "joint")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("none", "plateau", "cosine")
 PROTOCOLS = ("holdout", "kfold")
+MEMORY_NORMS = ("none", "sphere", "batch")
+KEY_INITS = ("uniform", "kmeans")
+READOUTS = ("none", "sum", "mean", "sum_mean")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -79,6 +82,10 @@ class MemoryConfig:
     heads_per_layer: Optional[List[int]] = None
     tau_per_layer: Optional[List[float]] = None
     impl: str = "fast"
+    norm: str = "none"
+    radius: float = 3.0
+    head_init: Optional[float] = None
+    key_init: str = "uniform"
 
 
 @dataclass
@@ -88,6 +95,7 @@ class ModelConfig:
     layers: int = 3
     dropout: float = 0.5
     norm: str = "batch"
+    readout: str = "none"
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
@@ -100,6 +108,7 @@ class OptimConfig:
     factor: float = 0.5
     scheduler_patience: int = 10
     min_lr: float = 1e-5
+    memory_lr: Optional[float] = None
 
 
 @dataclass
@@ -219,9 +228,20 @@ class ModelSpec:
     heads: tuple[int, ...] = (5, 5)
     tau: tuple[float, ...] = (1.0, 1.0)
     memory_impl: str = "fast"
+    memory_norm: str = "none"
+    memory_radius: float = 3.0
+    head_init: Optional[float] = None
+    key_init: str = "uniform"
+    readout: str = "none"
 
     def __post_init__(self) -> None:
         check_choice("model.encoder", self.encoder, ENCODERS)
+        check_choice("model.readout", self.readout, READOUTS)
+        check_choice("model.memory.norm", self.memory_norm, MEMORY_NORMS)
+        check_choice("model.memory.key_init", self.key_init, KEY_INITS)
+        _positive("model.memory.radius", self.memory_radius)
+        if self.head_init is not None:
+            _finite("model.memory.head_init", self.head_init)
         check_choice("model.norm", self.norm, NORMS)
         check_choice("model.memory.impl", self.memory_impl, MEMORY_IMPLS)
         for key in ("hidden", "layers", "memory_hidden"):
@@ -260,9 +280,12 @@ class OptimSpec:
     factor: float = 0.5
     scheduler_patience: int = 10
     min_lr: float = 1e-5
+    memory_lr: Optional[float] = None  # the memory keys' own learning rate (None: lr)
 
     def __post_init__(self) -> None:
         check_choice("optim.name", self.name, OPTIMIZERS)
+        if self.memory_lr is not None:
+            _positive("optim.memory_lr", self.memory_lr)
         check_choice("optim.scheduler", self.scheduler, SCHEDULERS)
         _positive("optim.lr", self.lr)
         _positive("optim.weight_decay", self.weight_decay, strict=False)
@@ -345,7 +368,8 @@ def _model_spec(model: Mapping[str, Any]) -> ModelSpec:
         norm=model["norm"], clusters=tuple(memory["clusters"]), memory_hidden=memory["hidden"],
         heads=tuple(memory["heads_per_layer"] or [memory["heads"]] * layers),
         tau=tuple(float(t) for t in (memory["tau_per_layer"] or [memory["tau"]] * layers)),
-        memory_impl=memory["impl"],
+        memory_impl=memory["impl"], memory_norm=memory["norm"], memory_radius=memory["radius"],
+        head_init=memory["head_init"], key_init=memory["key_init"], readout=model["readout"],
     )
 
 

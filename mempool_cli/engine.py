@@ -1,9 +1,11 @@
 """One epoch of training and one pass of evaluation; no I/O."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
+from torch import Tensor
 import torch.nn.functional as F
 from torch_geometric.loader import DataLoader
 
@@ -85,3 +87,30 @@ def evaluate(model: MemGNN, loader: DataLoader, device: torch.device, kl_weight:
         "pred": pred,
         "target": target,
     }
+
+
+def assignment_stats(assignments: list[Tensor]) -> dict[str, float]:
+    """How sharply rows of soft assignments ``[..., K]`` pick one cluster: the mean of their largest entry
+    (``1/K`` when flat, 1 when hard), their mean entropy over ``log K`` (1 when flat, 0 when hard), and how
+    many of the K clusters are the argmax of some row (``keys_used``)."""
+    S = torch.cat([a.reshape(-1, a.size(-1)) for a in assignments]).double()
+    K = S.size(1)
+    if K == 1:
+        return {"clusters": 1, "mean_max_assignment": 1.0, "normalized_entropy": 0.0, "keys_used": 1}
+    entropy = -(S * S.clamp_min(1e-300).log()).sum(-1) / math.log(K)
+    return {"clusters": K, "mean_max_assignment": S.max(-1).values.mean().item(),
+            "normalized_entropy": entropy.mean().item(), "keys_used": int(S.argmax(-1).unique().numel())}
+
+
+@torch.no_grad()
+def memory_stats(model: MemGNN, loader: DataLoader, device: torch.device) -> list[dict[str, float]]:
+    """:func:`assignment_stats` of each memory layer over every graph of ``loader`` (the first layer's rows are
+    the nodes, a later layer's the clusters of the layer before)."""
+    model.eval()
+    per_layer: list[list[Tensor]] = [[] for _ in model.memory]
+    for data in loader:
+        data = data.to(device)
+        _, _, assignments = model.forward_with_assignments(data.x, data.edge_index, data.batch, data.num_graphs)
+        for store, S in zip(per_layer, assignments):
+            store.append(S.cpu())
+    return [{"layer": i, **assignment_stats(S)} for i, S in enumerate(per_layer)]

@@ -56,7 +56,10 @@ class TrainState:
     @classmethod
     def create(cls, model: torch.nn.Module, optim: OptimSpec, epochs: int, seed: int) -> "TrainState":
         """A fresh state: the optimiser and scheduler of ``optim``, shuffling seeded with ``seed``."""
-        optimizer = OPTIMIZERS[optim.name](model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        keys = {id(key) for key in model.memory_keys()}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in keys]},
+                  {"params": model.memory_keys(), "lr": optim.memory_lr or optim.lr}]
+        optimizer = OPTIMIZERS[optim.name](groups, lr=optim.lr, weight_decay=optim.weight_decay)
         scheduler = SCHEDULERS[optim.scheduler](optimizer, optim, epochs)
         state = cls(model, optimizer, scheduler, torch.Generator().manual_seed(seed))
         state.best_model_state = copy.deepcopy(model.state_dict())

@@ -1,7 +1,9 @@
 """The graph classifier: GNN encoder -> stacked MemPooling layers -> linear classifier."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import copy
+import math
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,9 @@ CONVS = registry(config.ENCODERS, gin=_gin, gcn=lambda hidden: pyg_nn.GCNConv(hi
                  gat=lambda hidden: pyg_nn.GATConv(hidden, hidden, heads=4, concat=False))
 NORMS = registry(config.NORMS, batch=nn.BatchNorm1d, layer=nn.LayerNorm, none=lambda hidden: nn.Identity())
 MEMORY_LAYERS = registry(config.MEMORY_IMPLS, fast=MemPooling, pyg=pyg_nn.MemPooling)
+# the structure-agnostic path beside the memory: the input features pooled over each graph
+READOUTS = registry(config.READOUTS, none=(), sum=(pyg_nn.global_add_pool,), mean=(pyg_nn.global_mean_pool,),
+                    sum_mean=(pyg_nn.global_add_pool, pyg_nn.global_mean_pool))
 
 
 class MemGNN(nn.Module):
@@ -41,9 +46,15 @@ class MemGNN(nn.Module):
         heads: Sequence[int] = (5, 5),
         tau: Sequence[float] = (1.0, 1.0),
         memory_impl: str = "fast",
+        memory_norm: str = "none",
+        memory_radius: float = 3.0,
+        head_init: Optional[float] = None,
+        key_init: str = "uniform",
+        readout: str = "none",
     ):
         super().__init__()
-        self.dropout = dropout
+        self.dropout, self.memory_norm, self.memory_radius, self.key_init = dropout, memory_norm, memory_radius, key_init
+        self.readout = readout
         self.embed = nn.Linear(num_features, hidden)
         self.convs = nn.ModuleList(CONVS[encoder](hidden) for _ in range(layers))
         self.norms = nn.ModuleList(NORMS[norm](hidden) for _ in range(layers))
@@ -52,19 +63,54 @@ class MemGNN(nn.Module):
         self.memory = nn.ModuleList(
             memory_layer(sizes[i], sizes[i + 1], heads[i], clusters[i], tau[i]) for i in range(len(clusters))
         )
-        self.classifier = nn.Linear(memory_hidden, num_classes)
+        self.memory_bn = nn.BatchNorm1d(hidden, affine=False) if memory_norm == "batch" else None
+        if head_init is not None:
+            for layer in self.memory:
+                nn.init.constant_(layer.conv.weight, head_init)
+        parts = READOUTS[readout]
+        self.baseline = nn.Sequential(nn.Linear(num_features * len(parts), hidden), nn.ReLU()) if parts else None
+        self.classifier = nn.Linear(memory_hidden + (hidden if parts else 0), num_classes)
 
     def memory_keys(self) -> list[nn.Parameter]:
         """The memory keys: in the paper's schedule, the parameters learned by the KL loss only."""
         return [layer.k for layer in self.memory]
 
     def encode(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Node embeddings ``[N, hidden]``."""
+        """Node embeddings ``[N, hidden]``, as the first memory layer sees them: with ``memory_norm="sphere"`` on
+        a sphere of radius ``memory_radius``; with ``"batch"`` standardised per feature (batch norm without
+        affine) and scaled to a typical norm of ``memory_radius``."""
         x = self.embed(x)
         for conv, norm in zip(self.convs, self.norms):
             h = F.relu(norm(conv(x, edge_index)))
             x = x + F.dropout(h, self.dropout, training=self.training)
+        if self.memory_norm == "sphere":
+            x = F.normalize(x, dim=-1) * self.memory_radius
+        elif self.memory_norm == "batch":
+            x = self.memory_bn(x) * (self.memory_radius / math.sqrt(x.size(-1)))
         return x
+
+    @torch.no_grad()
+    def init_keys(self, x: Tensor, edge_index: Tensor, seed: int = 0) -> None:
+        """Set every head's keys of the first memory layer to k-means centres of these nodes' embeddings, as DEC
+        initialises its centres: one k-means run per head, seeded apart, its centres matched to the first head's
+        (key j of every head then stands for the same cluster, so the heads' votes add up)."""
+        from scipy.optimize import linear_sum_assignment
+        from sklearn.cluster import KMeans
+
+        layer, saved, dropout = self.memory[0], copy.deepcopy(self.state_dict()), self.dropout
+        self.dropout = 0.0  # embeddings as training computes them (batch statistics), without dropout noise
+        points = self.encode(x, edge_index).double().cpu().numpy()
+        self.load_state_dict(saved)  # the batch norms' running statistics as they were
+        self.dropout = dropout
+        first = None
+        for h in range(layer.heads):
+            centres = KMeans(layer.num_clusters, n_init=3, random_state=seed + h).fit(points).cluster_centers_
+            if first is None:
+                first = centres
+            else:
+                cost = ((first[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+                centres = centres[linear_sum_assignment(cost)[1]]
+            layer.k[h] = torch.as_tensor(centres, dtype=layer.k.dtype)
 
     def route_key_gradients(self, enabled: bool) -> bool:
         """With ``enabled``, one backward pass of ``ce + kl`` trains each layer's keys on that layer's KL loss
@@ -78,16 +124,25 @@ class MemGNN(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
         """Class logits ``[B, classes]`` and the KL loss of each memory layer ``[layers]``."""
-        x = self.encode(x, edge_index)
-        kls = []
+        logits, kls, _ = self.forward_with_assignments(x, edge_index, batch, batch_size)
+        return logits, kls
+
+    def forward_with_assignments(self, x: Tensor, edge_index: Tensor, batch: Tensor,
+                                 batch_size: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Logits, KL losses and each memory layer's assignments: ``[N, K]`` per node for the first layer,
+        ``[B, K_prev, K]`` per cluster for the later ones."""
+        h = self.encode(x, edge_index)
+        kls, assignments = [], []
         for i, layer in enumerate(self.memory):
-            if i == 0:
-                x, S = layer(x, batch, batch_size=batch_size)
-            else:
-                x, S = layer(x)
+            h, S = layer(h, batch, batch_size=batch_size) if i == 0 else layer(h)
             kls.append(MemPooling.kl_loss(S, batch, batch_size) if S.dim() == 2 else type(layer).kl_loss(S))
-            x = F.dropout(F.leaky_relu(x), self.dropout, training=self.training)
-        return self.classifier(x.mean(dim=1)), torch.stack(kls)
+            assignments.append(S)
+            h = F.dropout(F.leaky_relu(h), self.dropout, training=self.training)
+        features = h.mean(dim=1)
+        if self.baseline is not None:
+            pooled = [pool(x, batch, size=batch_size) for pool in READOUTS[self.readout]]
+            features = torch.cat([features, self.baseline(torch.cat(pooled, dim=-1))], dim=-1)
+        return self.classifier(features), torch.stack(kls), assignments
 
 
 def build_model(spec: ModelSpec, num_features: int, num_classes: int) -> MemGNN:

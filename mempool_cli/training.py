@@ -5,13 +5,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from torch_geometric.data import Batch
 
 from mempool_cli.artifacts import HISTORY, METRICS, TENSORBOARD, write_json
 from mempool_cli.callbacks import Checkpointer, HistoryLogger, TensorBoardLogger
 from mempool_cli.config import RunSpec, result_settings
 from mempool_cli.data import Dataset, GraphSet, make_loader
 from mempool_cli.device import pick_device, seed_everything
-from mempool_cli.engine import evaluate
+from mempool_cli.engine import evaluate, memory_stats
 from mempool_cli.loop import Callback, EarlyStopping, TrainState, fit
 from mempool_cli.model import build_model
 from mempool_cli.nn import kernels
@@ -19,20 +20,24 @@ from mempool_cli.nn import kernels
 # makes the progress display of one training: (title, epochs, batches per epoch) -> callback
 ProgressFactory = Callable[[str, int, int], Callback]
 PARTS = ("train", "val", "test")
+KEY_INIT_GRAPHS = 256  # training graphs whose node embeddings seed the memory keys (key_init=kmeans)
 
 
 def _final_metrics(spec: RunSpec, state: TrainState, graphs: GraphSet, split: dict[str, list[int]],
                    device: torch.device) -> dict[str, Any]:
     """Accuracy and loss of the best-validation weights on each part of the split."""
     state.model.load_state_dict(state.best_model_state)
-    results = {part: evaluate(state.model, make_loader(graphs, split[part], spec.train.batch_size), device,
-                              spec.train.kl_weight) for part in PARTS}
+    loaders = {part: make_loader(graphs, split[part], spec.train.batch_size) for part in PARTS}
+    results = {part: evaluate(state.model, loader, device, spec.train.kl_weight) for part, loader in loaders.items()}
+    memory = memory_stats(state.model, loaders["test"], device)
     return {
         "dataset": spec.data.name,
         "best_epoch": state.best["epoch"],
         "epochs_run": state.epoch,
         **{f"{part}_acc": result["acc"] for part, result in results.items()},
         **{f"{part}_loss": result["loss"] for part, result in results.items()},
+        **{f"memory_{key}": value for key, value in memory[0].items() if key != "layer"},
+        "memory": memory,
         "num_params": sum(p.numel() for p in state.model.parameters()),
         "train_time_s": round(state.train_time_s, 3),
         "device": device.type,
@@ -54,6 +59,9 @@ def train_split(spec: RunSpec, run_dir: Path, dataset: Dataset, split: dict[str,
     state = TrainState.create(model, spec.optim, spec.train.epochs, spec.seed)
     if resume:
         state.load_state_dict(resume)
+    elif spec.model.key_init == "kmeans":
+        sample = Batch.from_data_list([graphs.graphs[i] for i in split["train"][:KEY_INIT_GRAPHS]]).to(device)
+        model.init_keys(sample.x, sample.edge_index, seed=spec.seed)
     train_loader = make_loader(graphs, split["train"], spec.train.batch_size, shuffle=True, generator=state.generator)
     val_loader = make_loader(graphs, split["val"], spec.train.batch_size)
     base = {"model_args": spec.model.model_args(graphs.num_features, graphs.num_classes), "config": spec.config,
