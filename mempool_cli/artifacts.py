@@ -7,21 +7,25 @@ Torch is imported only by the checkpoint functions, so the summaries that read J
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import math
 import os
 import pickle
 import platform
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 
-from mempool_cli.errors import CheckpointError
+from mempool_cli.errors import CheckpointError, RunDirError
 
 CHECKPOINT = "checkpoint.pt"  # best-validation model
 LAST = "last.pt"  # last epoch, with the training state to resume from
@@ -32,15 +36,54 @@ FOLDS = "folds.json"  # k-fold: the fold assignments
 SUMMARY = "summary.json"  # k-fold: per fold and aggregated
 CONFIG = "config.yaml"  # the resolved config
 TENSORBOARD = "tensorboard"
+FAILED = "failed.json"  # a sweep job that failed: its reason
+
+RUN_FILES = (CHECKPOINT, LAST, METRICS, HISTORY, SPLIT, FOLDS, SUMMARY)  # what a finished run leaves
+LOCK = ".mempool.lock"
 
 FORMAT = "mempool-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a checksum of the weights; 1 (without it) is still read
+READABLE_VERSIONS = (1, 2)
+CHECKSUMMED = ("model_state", "best_model_state")
 REQUIRED_KEYS = ("model_args", "model_state", "config", "dataset", "split", "metrics", "epoch")
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
     """The folder of one fold of a k-fold run (numbered from 0)."""
     return Path(run_dir) / f"fold_{fold}"
+
+
+@contextlib.contextmanager
+def locked_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory for this process; another process writing into it is refused."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{run_dir} is in use by another mempool process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def finished_files(run_dir: Path) -> list[str]:
+    """The files of a run (or its folds) already in ``run_dir``."""
+    run_dir = Path(run_dir)
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    return found + sorted(p.name for p in run_dir.glob("fold_*") if p.is_dir())
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete a previous run's files from ``run_dir``: only the names mempool writes, nothing else."""
+    run_dir = Path(run_dir)
+    for folder in [run_dir, *sorted(run_dir.glob("fold_*"))]:
+        for name in RUN_FILES:
+            (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder / TENSORBOARD, ignore_errors=True)
+        if folder != run_dir and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -125,13 +168,27 @@ def library_versions() -> dict[str, str]:
             "torch_geometric": str(torch_geometric.__version__), "python": platform.python_version()}
 
 
+def weights_checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 of every tensor of the payload's weights (names, dtypes, shapes and bytes)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for part in CHECKSUMMED:
+        for name, tensor in sorted((payload.get(part) or {}).items()):
+            tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
+            digest.update(f"{part}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (see :data:`REQUIRED_KEYS`) with the format tag and library versions, atomically."""
+    """Write ``payload`` (see :data:`REQUIRED_KEYS`) with the format tag, library versions and a checksum of the
+    weights, atomically."""
     import torch
 
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "versions": library_versions(), **payload},
-               buffer)
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "versions": library_versions(), **payload,
+                "weights_sha256": weights_checksum(payload)}, buffer)
     write_atomic(path, buffer.getvalue())
 
 
@@ -140,6 +197,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give the checkpoint file in it ({CHECKPOINT} or {LAST})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -150,11 +209,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupt") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mempool checkpoint")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path} has checkpoint format {payload.get('format_version')}, this mempool reads {FORMAT_VERSION}"
         )
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
         raise CheckpointError(f"{path} is missing {', '.join(missing)}")
+    if payload["format_version"] >= 2 and payload.get("weights_sha256") != weights_checksum(payload):
+        raise CheckpointError(f"{path} is corrupt: its weights do not match their checksum")
     return payload

@@ -82,11 +82,15 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(_report(exc))
 
 
-def _remove_if_empty(run_dir: Path) -> None:
-    """Remove a failed run's directory when it holds only what Hydra and the start of a run wrote, and the
-    folders above it (such as ``runs/PROTEINS``) that are left empty, up to the working directory."""
+def _remove_created(run_dir: Path) -> None:
+    """After a failed run, remove what it created: its folder (only what Hydra and the run's start wrote in it)
+    unless that folder was there before, and the folders above it (such as ``runs/PROTEINS``) left empty, up to
+    the working directory."""
+    from mempool_cli.hydra_guard import existing_run_dirs
+
     run_dir = run_dir.absolute()
-    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {".hydra", "train.log", "config.yaml"}:
+    started = {".hydra", "train.log", "config.yaml", ".mempool.lock"}
+    if run_dir in existing_run_dirs or not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - started:
         return
     shutil.rmtree(run_dir, ignore_errors=True)
     cwd = Path.cwd().absolute()
@@ -94,6 +98,12 @@ def _remove_if_empty(run_dir: Path) -> None:
         if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
             break
         parent.rmdir()
+
+
+def _how_to_go_on(spec, run_dir: str) -> str:
+    if spec.protocol.name == "kfold":
+        return f"run the same command again with hydra.run.dir={run_dir} (finished folds are kept)"
+    return f"continue with the same overrides and train.resume={Path(run_dir) / 'last.pt'}"
 
 
 def _show_kfold(run_dir: Path) -> None:
@@ -127,20 +137,38 @@ def train_job(cfg) -> float:
 
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
+    spec = None
     try:
         spec = resolve(cfg)
         console.print(f"[bold]mempool[/] {spec.data.name} -> {run_dir}", highlight=False)
         metrics = train(spec, run_dir, progress_factory(console, spec.train.progress))
-    except MempoolError as exc:
-        if _debug or hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # a sweep names the failing job's overrides
-        _remove_if_empty(Path(run_dir))
-        raise SystemExit(_report(exc)) from None
+    except (MempoolError, OSError) as exc:
+        if _debug:
+            raise
+        error = exc if isinstance(exc, MempoolError) else MempoolError(f"{exc.strerror or exc}: {exc.filename}")
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return _failed_job(Path(run_dir), error)
+        _remove_created(Path(run_dir))
+        raise SystemExit(_report(error)) from None
+    except KeyboardInterrupt:
+        resume = f"; {_how_to_go_on(spec, run_dir)}" if spec and Path(run_dir).is_dir() else ""
+        err_console.print(f"interrupted{resume}", markup=False)
+        raise SystemExit(130) from None
     if spec.protocol.name == "kfold":
         _show_kfold(Path(run_dir))
     else:
         console.print(metrics_table(metrics, title=f"{spec.data.name} metrics"))
     return metrics["val_acc"]
+
+
+def _failed_job(job_dir: Path, error: MempoolError) -> float:
+    """A sweep job that failed: its reason goes to ``failed.json`` (the summary marks the job failed) and the
+    sweep goes on; the sweeper gets the worst score."""
+    from mempool_cli.artifacts import FAILED, write_json
+
+    write_json(job_dir / FAILED, {"error": one_line(error)})
+    err_console.print(f"error in sweep job {job_dir.name}: {one_line(error)}", markup=False)
+    return float("-inf")
 
 
 def _hydra_train():
@@ -162,10 +190,18 @@ def train(
     _debug = debug = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we report in one line below
     sys.argv = ["mempool train", *ctx.args]
+    from mempool_cli.hydra_guard import Refused
+    from mempool_cli.sweep import failed_jobs
+
     try:
         _hydra_train()()
+    except Refused as refused:
+        _fail(refused.error, debug)
     except Exception as exc:  # noqa: BLE001 - every failure gets one line unless --debug
         _fail(exc, debug)
+    if failed_jobs:
+        _fail(MempoolError(f"{len(failed_jobs)} sweep job(s) failed ({', '.join(failed_jobs)}); "
+                           "see the summary and their failed.json"), debug)
 
 
 @app.command("eval")

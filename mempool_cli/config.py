@@ -44,7 +44,8 @@ DEFAULT_DATA_ROOT = "~/.cache/mempool/TUDataset"
 DEFAULT_DATA_URL = "https://www.chrsmrrs.com/graphkerneldatasets"
 MAX_SEED = 2**32 - 1
 # settings that do not change what a run computes: left out when runs are compared (k-fold reruns, resume)
-NOT_RESULT_SETTINGS = ("dataset.root", "dataset.source", "dataset.url", "train.resume", "train.progress")
+NOT_RESULT_SETTINGS = ("dataset.root", "dataset.source", "dataset.url", "train.resume", "train.progress",
+                       "train.overwrite")
 
 
 def default_data_root() -> str:
@@ -120,6 +121,7 @@ class TrainConfig:
     kl_weight: float = 1.0
     resume: Optional[str] = None
     progress: bool = True
+    overwrite: bool = False
 
 
 @dataclass
@@ -305,6 +307,7 @@ class TrainSpec:
     kl_weight: float = 1.0
     resume: Optional[str] = None
     progress: bool = True
+    overwrite: bool = False  # replace a finished run in the run directory
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "patience"):
@@ -373,8 +376,23 @@ def _model_spec(model: Mapping[str, Any]) -> ModelSpec:
     )
 
 
+def unknown_keys(config: Mapping[str, Any], schema: type = Config, prefix: str = "") -> list[str]:
+    """The dotted keys of ``config`` that the schema does not have (Hydra lets ``+key=value`` add them)."""
+    known = {f.name: f for f in fields(schema)}
+    unknown = []
+    for key, value in config.items():
+        if key not in known:
+            unknown.append(prefix + key)
+        elif isinstance(value, Mapping) and isinstance(known[key].default_factory, type):
+            unknown += unknown_keys(value, known[key].default_factory, f"{prefix}{key}.")
+    return unknown
+
+
 def resolve_container(config: Mapping[str, Any]) -> RunSpec:
     """The run specification of a composed config given as plain values (``config.yaml``, a checkpoint)."""
+    unknown = unknown_keys(config)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a mempool setting (see `mempool train --cfg job` for the keys)")
     try:
         return RunSpec(
             data=DataSpec(**config["dataset"]), model=_model_spec(config["model"]), optim=OptimSpec(**config["optim"]),
@@ -387,8 +405,8 @@ def resolve_container(config: Mapping[str, Any]) -> RunSpec:
 
 def resolve(cfg: DictConfig) -> RunSpec:
     """The run specification of a Hydra config (interpolations resolved, every value checked)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
+    keys = [key for key in cfg if key != "hydra"]
+    container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
     return resolve_container(container)
 
 

@@ -15,3 +15,7 @@ class DataError(MempoolError):
 
 class CheckpointError(MempoolError):
     """A checkpoint file that is missing, truncated or not one of ours."""
+
+
+class RunDirError(MempoolError):
+    """A run directory that holds another run, or is in use."""

@@ -9,7 +9,8 @@ import torch
 from mempool_cli import data
 from mempool_cli.artifacts import load_checkpoint
 from mempool_cli.device import pick_device
-from mempool_cli.engine import evaluate
+from mempool_cli.engine import evaluate, memory_stats
+from mempool_cli.errors import CheckpointError
 from mempool_cli.model import model_from_args
 
 
@@ -38,10 +39,15 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[st
     """
     checkpoint = load_checkpoint(path)
     info, train_cfg = checkpoint["dataset"], checkpoint["config"]["train"]
-    graphs = data.from_checkpoint(info, root)
+    if split not in checkpoint["split"]:
+        raise CheckpointError(f"{path} holds no {split!r} split (it has: {', '.join(checkpoint['split'])})")
     torch_device = pick_device(device)
     model = model_from_args(checkpoint["model_args"]).to(torch_device)
-    model.load_state_dict(checkpoint["model_state"])
+    try:
+        model.load_state_dict(checkpoint["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: its weights do not fit the model it describes (wrong shapes or names)") from exc
+    graphs = data.from_checkpoint(info, root)
     loader = data.make_loader(graphs, checkpoint["split"][split], train_cfg["batch_size"])
     result = evaluate(model, loader, torch_device, train_cfg["kl_weight"])
     return {
@@ -54,4 +60,5 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[st
         "loss": result["loss"],
         "recorded_accuracy": checkpoint["metrics"].get(f"{split}_acc"),
         **classification_report(result["pred"], result["target"], info["num_classes"]),
+        "memory": memory_stats(model, loader, torch_device),
     }

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mempool_cli.artifacts import CONFIG, FOLDS, LAST, METRICS, SPLIT, SUMMARY, fold_dir, load_checkpoint
-from mempool_cli.artifacts import read_json, read_yaml, write_json, write_yaml
+from mempool_cli.artifacts import clear_run, finished_files, locked_run_dir, read_json, read_yaml, write_json
+from mempool_cli.artifacts import write_yaml
 from mempool_cli.config import RunSpec, changed_settings
 from mempool_cli.data import Dataset
 from mempool_cli.data.splits import check_same_data, holdout_split, kfold_splits, read_split_file, split_metadata
-from mempool_cli.device import set_threads
-from mempool_cli.errors import CheckpointError, ConfigError
+from mempool_cli.device import pick_device, set_threads
+from mempool_cli.errors import CheckpointError, ConfigError, RunDirError
 from mempool_cli.sweep import summarize_folds
 from mempool_cli.training import ProgressFactory, train_split
 
@@ -39,13 +40,33 @@ def _resume_checkpoint(spec: RunSpec) -> dict[str, Any]:
     return checkpoint
 
 
-def _check_kfold_rerun(spec: RunSpec, run_dir: Path) -> None:
-    """A k-fold rerun keeps the folds already finished, so it must have the settings they were trained with."""
+def _check_run_dir(spec: RunSpec, run_dir: Path) -> None:
+    """Refuse a run directory that holds another run: a k-fold rerun with the same settings (it skips the finished
+    folds) and a resume from that directory's own ``last.pt`` are the same run going on."""
+    found = finished_files(run_dir) if run_dir.is_dir() else []
+    resuming_here = spec.train.resume and Path(spec.train.resume).resolve().parent == run_dir.resolve()
+    if not found or spec.train.overwrite or resuming_here:
+        return
     previous = read_yaml(run_dir / CONFIG)
-    changed = changed_settings(previous, spec.config) if previous is not None else []
-    if changed:
-        raise ConfigError(f"{run_dir} holds a k-fold run with other settings ({', '.join(changed)}); "
-                          "rerun it with the same ones, or use a new directory")
+    if spec.protocol.name == "kfold" and FOLDS in found and isinstance(previous, dict):
+        changed = changed_settings(previous, spec.config)
+        if changed:
+            raise ConfigError(f"{run_dir} holds a k-fold run with other settings ({', '.join(changed)}); "
+                              "rerun it with the same ones, or use a new directory")
+        return
+    raise RunDirError(f"{run_dir} already holds a run ({', '.join(found[:4])}); use a new directory "
+                      "(hydra.run.dir=...) or replace that run with train.overwrite=true")
+
+
+def preflight(spec: RunSpec, run_dir: str | Path) -> Optional[dict[str, Any]]:
+    """Every check that can refuse ``spec`` before anything is written: the device, the checkpoint to resume
+    (returned), and the run directory."""
+    pick_device(spec.device)
+    resume = _resume_checkpoint(spec) if spec.train.resume else None
+    if resume is not None and spec.protocol.name == "kfold":
+        raise ConfigError("train.resume: k-fold runs resume by running again in the same run directory")
+    _check_run_dir(spec, Path(run_dir))
+    return resume
 
 
 def _holdout_split(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
@@ -53,7 +74,7 @@ def _holdout_split(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
     name, labels = spec.data.name, dataset.labels
     target = Path(spec.protocol.split_file) if spec.protocol.split_file else None
     if target is not None and target.exists():
-        return read_split_file(target, name, labels)
+        return read_split_file(target, name, labels, "split")
     split = holdout_split(labels, spec.protocol.val_fraction, spec.protocol.test_fraction, spec.seed)
     payload = {"meta": split_metadata(name, labels, spec.seed, protocol="holdout"), "split": split}
     if target is not None:
@@ -61,16 +82,12 @@ def _holdout_split(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
     return payload
 
 
-def run_holdout(spec: RunSpec, run_dir: Path, dataset: Dataset, progress: Optional[ProgressFactory],
-                resume: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """Train on one split; ``split.json`` records the split trained (the checkpoint's own when resuming)."""
-    if resume is not None:
-        check_same_data(resume["split_meta"], spec.data.name, dataset.labels, f"train.resume {spec.train.resume}")
-        payload = {"meta": resume["split_meta"], "split": resume["split"]}
-    else:
-        payload = _holdout_split(spec, dataset)
-    write_json(run_dir / SPLIT, payload)
-    return train_split(spec, run_dir, dataset, payload["split"], payload["meta"], progress, resume=resume)
+def _holdout_payload(spec: RunSpec, dataset: Dataset, resume: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The split to train and its metadata: the checkpoint's own when resuming."""
+    if resume is None:
+        return _holdout_split(spec, dataset)
+    check_same_data(resume["split_meta"], spec.data.name, dataset.labels, f"train.resume {spec.train.resume}")
+    return {"meta": resume["split_meta"], "split": resume["split"]}
 
 
 def _folds(spec: RunSpec, dataset: Dataset, run_dir: Path) -> tuple[list[dict], dict]:
@@ -78,13 +95,14 @@ def _folds(spec: RunSpec, dataset: Dataset, run_dir: Path) -> tuple[list[dict], 
     name, labels, k = spec.data.name, dataset.labels, spec.protocol.folds
     target = Path(spec.protocol.split_file) if spec.protocol.split_file else run_dir / FOLDS
     if target.exists():
-        payload = read_split_file(target, name, labels)
+        payload = read_split_file(target, name, labels, "folds")
         if payload["meta"].get("folds") != k or len(payload.get("folds", [])) != k:
             raise ConfigError(f"protocol.folds: {target} holds {payload['meta'].get('folds')} folds, not {k}")
         return payload["folds"], payload["meta"]
     folds = kfold_splits(labels, k, spec.protocol.val_fraction, spec.seed)
     meta = split_metadata(name, labels, spec.seed, protocol="kfold", folds=k, val_fraction=spec.protocol.val_fraction)
-    write_json(target, {"meta": meta, "folds": folds})
+    if target != run_dir / FOLDS:
+        write_json(target, {"meta": meta, "folds": folds})
     return folds, meta
 
 
@@ -104,9 +122,9 @@ def _run_fold(spec: RunSpec, run_dir: Path, dataset: Dataset, fold: int, split: 
                        title=f"fold {fold + 1}/{spec.protocol.folds}", resume=resume)
 
 
-def run_kfold(spec: RunSpec, run_dir: Path, dataset: Dataset, progress: Optional[ProgressFactory]) -> dict[str, Any]:
+def _run_folds(spec: RunSpec, run_dir: Path, dataset: Dataset, folds: list[dict], meta: dict,
+               progress: Optional[ProgressFactory]) -> dict[str, Any]:
     """Every fold in turn, then ``summary.json`` (per fold and aggregated) and ``metrics.json`` (the means)."""
-    folds, meta = _folds(spec, dataset, run_dir)
     per_fold = [{"fold": i, **_run_fold(spec, run_dir, dataset, i, split, meta, progress)}
                 for i, split in enumerate(folds)]
     summary = {"dataset": spec.data.name, "protocol": "kfold", **summarize_folds(per_fold), "per_fold": per_fold}
@@ -117,17 +135,22 @@ def run_kfold(spec: RunSpec, run_dir: Path, dataset: Dataset, progress: Optional
 
 
 def train(spec: RunSpec, run_dir: str | Path, progress: Optional[ProgressFactory] = None) -> dict[str, Any]:
-    """Run ``spec``'s protocol in ``run_dir``; returns the run's metrics."""
-    set_threads(spec.threads)
+    """Run ``spec``'s protocol in ``run_dir``; returns the run's metrics. Everything that can refuse the run
+    (settings, device, resume, run directory, data, splits) is checked before the first file is written."""
     run_dir = Path(run_dir)
-    resume = _resume_checkpoint(spec) if spec.train.resume else None
-    if spec.protocol.name == "kfold":
-        if resume is not None:
-            raise ConfigError("train.resume: k-fold runs resume by running again in the same run directory")
-        _check_kfold_rerun(spec, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / CONFIG, spec.config)
+    resume = preflight(spec, run_dir)
+    set_threads(spec.threads)
     dataset = Dataset.load(spec.data)
     if spec.protocol.name == "holdout":
-        return run_holdout(spec, run_dir, dataset, progress, resume)
-    return run_kfold(spec, run_dir, dataset, progress)
+        payload = _holdout_payload(spec, dataset, resume)
+    else:
+        folds, meta = _folds(spec, dataset, run_dir)
+    with locked_run_dir(run_dir):
+        if spec.train.overwrite:
+            clear_run(run_dir)
+        write_yaml(run_dir / CONFIG, spec.config)
+        if spec.protocol.name == "holdout":
+            write_json(run_dir / SPLIT, payload)
+            return train_split(spec, run_dir, dataset, payload["split"], payload["meta"], progress, resume=resume)
+        write_json(run_dir / FOLDS, {"meta": meta, "folds": folds})
+        return _run_folds(spec, run_dir, dataset, folds, meta, progress)

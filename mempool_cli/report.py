@@ -39,7 +39,15 @@ def eval_tables(result: dict[str, Any]) -> list[Table]:
         confusion.add_column(str(c), justify="right")
     for c, row in enumerate(matrix):
         confusion.add_row(str(c), *(str(v) for v in row))
-    return [summary, per_class, confusion]
+    return [summary, per_class, confusion, memory_table(result["memory"])]
+
+
+MEMORY_COLUMNS = ("layer", "clusters", "mean_max_assignment", "normalized_entropy", "keys_used")
+
+
+def memory_table(layers: Sequence[dict[str, Any]]) -> Table:
+    """How sharply each memory layer assigns (mean max 1/K and entropy 1 when flat, 1 and 0 when hard)."""
+    return rows_table(layers, MEMORY_COLUMNS, title="memory assignments (flat: mean max 1/K, entropy 1)")
 
 
 def rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str) -> Table:

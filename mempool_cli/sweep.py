@@ -12,11 +12,13 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from mempool_cli.artifacts import FOLDS, METRICS, csv_text, fold_dir, read_json, read_yaml, write_atomic, write_json
+from mempool_cli.artifacts import FAILED, FOLDS, METRICS, csv_text, fold_dir, read_json, read_yaml, write_atomic, write_json
 from mempool_cli.errors import MempoolError
 from mempool_cli.report import mean_std_table, rows_table
 
 log = logging.getLogger(__name__)
+
+failed_jobs: list[str] = []  # jobs of this process's sweep that failed, for the command's exit code
 
 SWEEP_COLUMNS = ("job", "overrides", "status", "val_acc", "test_acc", "test_acc_std", "best_epoch", "train_time_s")
 FOLD_COLUMNS = ("fold", "status", "val_acc", "test_acc", "best_epoch", "train_time_s")
@@ -50,8 +52,9 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for job, job_overrides in zip(jobs, overrides):
         metrics = read_json(job / METRICS)
+        status = "done" if metrics else "failed" if (job / FAILED).exists() else "unfinished"
         row: dict[str, Any] = {"job": job.name, "overrides": " ".join(o for o in job_overrides if o not in common),
-                               "all_overrides": " ".join(job_overrides), "status": "done" if metrics else "unfinished"}
+                               "all_overrides": " ".join(job_overrides), "status": status}
         row.update(metrics or {})
         rows.append(row)
     return sorted(rows, key=lambda r: (r["status"] != "done", -r.get("val_acc", 0.0), r["job"]))
@@ -180,5 +183,7 @@ class SweepSummaryCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        Console().print(*summarize_sweep(sweep_dir, sweep_rows(sweep_dir)))
+        rows = sweep_rows(sweep_dir)
+        failed_jobs.extend(row["job"] for row in rows if row["status"] == "failed")
+        Console().print(*summarize_sweep(sweep_dir, rows))
         log.info("sweep summary written to %s", sweep_dir / "summary.md")

@@ -85,7 +85,7 @@ def timed(runs: list, repeats: int) -> list[float]:
 # ---------------------------------------------------------------- 1. the layer alone
 def graph_sizes(name: str) -> np.ndarray:
     dataset = load(name).raw
-    indicator = Path(dataset.raw_dir) / f"{name}_graph_indicator.txt"
+    indicator = Path(dataset.raw_folder) / f"{name}_graph_indicator.txt"
     return np.bincount(np.loadtxt(indicator, dtype=np.int64))[1:]
 
 

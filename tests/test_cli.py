@@ -59,8 +59,12 @@ def test_eval_reproduces_recorded_test_accuracy(trained):
     assert report["accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-6)
     assert report["num_graphs"] == len(json.loads((run_dir / "split.json").read_text())["split"]["test"])
     assert sum(map(sum, report["confusion_matrix"])) == report["num_graphs"]
+    first, readout = report["memory"]
+    assert first["clusters"] == 4 and 0.25 <= first["mean_max_assignment"] <= 1 and 1 <= first["keys_used"] <= 4
+    assert 0 <= first["normalized_entropy"] <= 1 and readout["clusters"] == 1
     table = run_cli(["eval", str(run_dir / "checkpoint.pt"), "--split", "val"], cwd, env)
     assert table.returncode == 0 and "confusion matrix" in table.stdout and "precision" in table.stdout
+    assert "memory assignments" in table.stdout and "keys_used" in table.stdout
 
 
 def test_resume_continues_to_the_same_result(trained, tmp_path):

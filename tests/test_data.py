@@ -91,11 +91,11 @@ def test_split_file_mismatch_is_refused(tmp_path):
     labels = torch.tensor([0, 1] * 10)
     path = tmp_path / "split.json"
     write_json(path, {"meta": split_metadata("TINY", labels, 0), "split": holdout_split(labels, .2, .2, 0)})
-    assert read_split_file(path, "TINY", labels)["split"]["test"]
+    assert read_split_file(path, "TINY", labels, "split")["split"]["test"]
     with pytest.raises(DataError, match="labels_hash"):
-        read_split_file(path, "TINY", labels.flip(0))
+        read_split_file(path, "TINY", labels.flip(0), "split")
     with pytest.raises(DataError, match="num_graphs"):
-        read_split_file(path, "TINY", torch.tensor([0, 1] * 11))
+        read_split_file(path, "TINY", torch.tensor([0, 1] * 11), "split")
     path.write_text(json.dumps({"nothing": 1}))
     with pytest.raises(DataError, match="cannot read split file"):
-        read_split_file(path, "TINY", labels)
+        read_split_file(path, "TINY", labels, "split")

@@ -1,40 +1,67 @@
-"""TU benchmarks in PyG's layout: from the writable cache, an offline source copy, or the official download."""
+"""TU benchmarks: raw text files from the writable cache, an offline source copy, or the official download.
+
+The graphs are parsed from the raw text files (PyG's parser) and checked for consistency. The parsed tensors are
+cached beside them in a file that is only ever loaded with ``weights_only=True``: a cache file that cannot be loaded
+that way, or that was made from other raw files, is rebuilt from the raw files, so nothing in a data folder is ever
+unpickled. PyG's own ``processed/data.pt`` is never read.
+"""
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import io
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
-from torch_geometric.datasets import TUDataset
+import numpy as np
+import torch
+from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.data.download import download_url
+from torch_geometric.data.extract import extract_zip
+from torch_geometric.io import read_tu_data
 
+from mempool_cli.artifacts import write_atomic
 from mempool_cli.errors import DataError
 
 log = logging.getLogger(__name__)
 
 REQUIRED_RAW_FILES = ("A", "graph_indicator", "graph_labels")
+CACHE_FILE = "mempool-graphs.pt"
+CACHE_VERSION = 1
 
 
-class _TUDataset(TUDataset):
-    """PyG's TUDataset with the download address taken from the config."""
+class TUGraphs(InMemoryDataset):
+    """The graphs of one TU dataset in PyG's collated form (``x`` = continuous attributes, then one-hot labels)."""
 
-    def __init__(self, root: str, name: str, url: str) -> None:
-        self.url = url.rstrip("/")
-        super().__init__(root, name, use_node_attr=True)
+    def __init__(self, name: str, data: Data, slices: dict, sizes: dict[str, int], raw_folder: Path):
+        super().__init__(None)
+        self.name, self.sizes, self.raw_folder = name, sizes, Path(raw_folder)
+        self.data, self.slices = data, slices
+
+    @property
+    def num_node_labels(self) -> int:
+        return self.sizes["num_node_labels"]
+
+    @property
+    def num_node_attributes(self) -> int:
+        return self.sizes["num_node_attributes"]
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock, so parallel jobs do not download or process one dataset at the same time."""
+    """Hold an exclusive lock, so parallel jobs do not download or parse one dataset at the same time. A cache
+    that cannot be written (read-only) is used without one: nobody can change it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "w")
-    except OSError as exc:
-        raise DataError(f"cannot use {path.parent} as the dataset cache (dataset.root): {exc.strerror}") from exc
+        handle = open(path, "a")
+    except OSError:
+        yield
+        return
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -43,21 +70,42 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _raw_files(raw_dir: Path, name: str) -> list[Path]:
+    return sorted(raw_dir.glob(f"{name}_*.txt")) if raw_dir.is_dir() else []
+
+
 def _raw_complete(raw_dir: Path, name: str) -> bool:
     return all((raw_dir / f"{name}_{part}.txt").is_file() for part in REQUIRED_RAW_FILES)
 
 
-def _seed_from_source(source: Path, raw_dir: Path, name: str) -> None:
-    """Copy ``<source>/<name>/raw/`` into the writable cache; the source itself is never written to."""
+def _digest(files: list[Path]) -> str:
+    """A fingerprint of the files' names and contents."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _copy_from_source(source: Path, raw_dir: Path, name: str) -> None:
+    """Copy ``<source>/<name>/raw/`` into the cache when the cache lacks it or holds other files (a corrupt or
+    older copy); the source is only read."""
     src = source / name / "raw"
+    if not src.is_dir():
+        return
     if not _raw_complete(src, name):
+        missing = [f"{name}_{part}.txt" for part in REQUIRED_RAW_FILES if not (src / f"{name}_{part}.txt").is_file()]
+        raise DataError(f"the offline source {src} is incomplete: {', '.join(missing)} missing")
+    files = _raw_files(src, name)
+    if _raw_files(raw_dir, name) and _digest(files) == _digest(_raw_files(raw_dir, name)):
         return
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=raw_dir.parent, prefix=".raw-"))
     try:
-        for file in src.iterdir():
-            if file.is_file():
-                shutil.copyfile(file, staging / file.name)
+        for file in files:
+            shutil.copyfile(file, staging / file.name)
         if raw_dir.exists():
             shutil.rmtree(raw_dir)
         staging.rename(raw_dir)
@@ -66,27 +114,130 @@ def _seed_from_source(source: Path, raw_dir: Path, name: str) -> None:
     log.info("copied %s raw files from %s", name, src)
 
 
-def load_tudataset(name: str, root: str, source: str | None, url: str) -> TUDataset:
+def _download(name: str, url: str, raw_dir: Path, source: Optional[Path]) -> None:
+    """Download ``<url>/<name>.zip`` into ``raw_dir``, through a staging folder removed on failure."""
+    raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=raw_dir.parent, prefix=".download-"))
+    address = f"{url.rstrip('/')}/{name}.zip"
+    try:
+        extract_zip(download_url(address, str(staging), log=False), str(staging), log=False)
+        files = list((staging / name).glob(f"{name}_*.txt")) if (staging / name).is_dir() else []
+        if not files:
+            raise OSError(f"{name}.zip holds no {name}_*.txt files")
+        raw_dir.mkdir(exist_ok=True)
+        for file in files:
+            os.replace(file, raw_dir / file.name)
+    except Exception as exc:  # the network and zip libraries raise many kinds
+        files = ", ".join(f"{name}_{part}.txt" for part in REQUIRED_RAW_FILES)
+        where = (f"MEMPOOL_DATA_SOURCE={source} has no {name}/raw/" if source
+                 else f"or set MEMPOOL_DATA_SOURCE to a folder that holds {name}/raw/")
+        raise DataError(f"could not download {name} from {address} ({type(exc).__name__}: {exc}); put its raw "
+                        f"files ({files}, ...) in {raw_dir}/ {where}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _lines(path: Path) -> list[bytes]:
+    return [line for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _check_line_counts(raw_dir: Path, name: str) -> None:
+    """Refuse raw files whose line counts disagree (one cut short), naming the file, before parsing them."""
+    indicator = _lines(raw_dir / f"{name}_graph_indicator.txt")
+    nodes, graphs = len(indicator), int(indicator[-1]) if indicator else 0
+    expected = {"graph_labels": graphs, "node_labels": nodes, "node_attributes": nodes}
+    for part, count in expected.items():
+        path = raw_dir / f"{name}_{part}.txt"
+        if path.is_file() and len(found := _lines(path)) != count:
+            raise DataError(f"{path.name} has {len(found)} lines but {name}_graph_indicator.txt names {nodes} "
+                            f"nodes in {graphs} graphs: a raw file is incomplete or corrupt")
+    text = (raw_dir / f"{name}_A.txt").read_bytes().replace(b",", b" ")
+    ids = np.array(text.split(), dtype=np.int64) if text.strip() else np.zeros(0, dtype=np.int64)
+    if ids.size % 2 or (ids.size and (ids.min() < 1 or ids.max() > nodes)):
+        raise DataError(f"{name}_A.txt names nodes outside 1..{nodes} (or has a line without two ids)")
+
+
+def _check_consistent(name: str, data: Data, slices: dict) -> None:
+    """Refuse raw files that do not describe the same graphs (a file cut short, ids out of range)."""
+    counts = slices["x"].diff() if "x" in slices else torch.as_tensor(data._num_nodes)
+    graphs, nodes = counts.numel(), int(counts.sum())
+    if data.y is None or data.y.size(0) != graphs:
+        found = 0 if data.y is None else data.y.size(0)
+        raise DataError(f"{name}_graph_labels.txt has {found} labels but {name}_graph_indicator.txt "
+                        f"names {graphs} graphs: a raw file is incomplete")
+    if data.x is not None and data.x.size(0) != nodes:
+        raise DataError(f"{name}_node_labels.txt or _node_attributes.txt has {data.x.size(0)} rows but "
+                        f"{name}_graph_indicator.txt has {nodes} nodes: a raw file is incomplete")
+    edge_graph = torch.repeat_interleave(torch.arange(graphs), slices["edge_index"].diff())
+    local = data.edge_index
+    if local.numel() and ((local < 0).any() or (local >= counts[edge_graph]).any()):
+        raise DataError(f"{name}_A.txt names nodes outside their graph (or outside 1..{nodes})")
+
+
+def _parse(raw_dir: Path, name: str) -> dict[str, Any]:
+    """Parse and check the raw files; returns the tensors that the cache file holds."""
+    try:
+        _check_line_counts(raw_dir, name)
+        data, slices, sizes = read_tu_data(str(raw_dir), name)
+    except DataError:
+        raise
+    except Exception as exc:  # malformed numbers; PyG's parser raises many kinds
+        raise DataError(f"cannot read dataset {name} in {raw_dir}: {type(exc).__name__}: {exc}") from exc
+    _check_consistent(name, data, slices)
+    node_counts = slices["x"].diff() if "x" in slices else torch.as_tensor(data._num_nodes)
+    return {"x": data.x, "edge_index": data.edge_index, "y": data.y, "node_counts": node_counts,
+            "slices": {key: value for key, value in slices.items()}, "sizes": dict(sizes)}
+
+
+def _load_cache(path: Path, fingerprint: str) -> Optional[dict[str, Any]]:
+    """The cached tensors, or ``None`` where the file is missing, not loadable as plain tensors, or stale."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # corrupt, truncated or not plain tensors: never loaded any other way
+        log.warning("ignoring the dataset cache %s (%s); rebuilding it from the raw files", path, type(exc).__name__)
+        return None
+    if not isinstance(payload, dict) or payload.get("version") != CACHE_VERSION:
+        return None
+    return payload["graphs"] if payload.get("fingerprint") == fingerprint else None
+
+
+def _save_cache(path: Path, fingerprint: str, graphs: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"version": CACHE_VERSION, "fingerprint": fingerprint, "graphs": graphs}, buffer)
+    try:
+        write_atomic(path, buffer.getvalue())
+    except OSError as exc:  # a read-only or full cache: the parsed graphs are still good
+        log.warning("could not write the dataset cache %s (%s)", path, exc.strerror or exc)
+
+
+def _graphs(name: str, raw_dir: Path) -> TUGraphs:
+    fingerprint = _digest(_raw_files(raw_dir, name))
+    cache = raw_dir.parent / "processed" / CACHE_FILE
+    graphs = _load_cache(cache, fingerprint)
+    if graphs is None:
+        graphs = _parse(raw_dir, name)
+        _save_cache(cache, fingerprint, graphs)
+    data = Data(x=graphs["x"], edge_index=graphs["edge_index"], y=graphs["y"])
+    if graphs["x"] is None:
+        data._num_nodes = graphs["node_counts"].tolist()
+        data.num_nodes = int(graphs["node_counts"].sum())
+    return TUGraphs(name, data, graphs["slices"], graphs["sizes"], raw_dir)
+
+
+def load_tudataset(name: str, root: str, source: Optional[str], url: str) -> TUGraphs:
     """Load a TU benchmark into ``root``: from an offline ``source`` copy when it has it, else by download."""
     root_dir = Path(os.path.expanduser(root)).resolve()
+    if root_dir.exists() and not root_dir.is_dir():
+        raise DataError(f"the dataset cache {root_dir} (dataset.root) is a file, not a folder")
     raw_dir = root_dir / name / "raw"
+    source_dir = Path(os.path.expanduser(source)) if source else None
+    if source_dir is not None and not source_dir.is_dir():
+        raise DataError(f"the offline source {source_dir} (MEMPOOL_DATA_SOURCE) does not exist")
     with _locked(root_dir / f".{name}.lock"):
-        if source and not _raw_complete(raw_dir, name):
-            _seed_from_source(Path(os.path.expanduser(source)), raw_dir, name)
-        downloading = not _raw_complete(raw_dir, name)
-        created = downloading and not raw_dir.exists()
-        try:
-            return _TUDataset(str(root_dir), name, url)
-        except OSError as exc:
-            if not downloading:
-                raise DataError(f"cannot read dataset {name} in {root_dir / name}: {exc}") from exc
-            if created:  # remove only what this attempt made
-                shutil.rmtree(raw_dir, ignore_errors=True)
-            files = ", ".join(f"{name}_{part}.txt" for part in REQUIRED_RAW_FILES)
-            raise DataError(
-                f"could not download {name} from {url.rstrip('/')}/{name}.zip ({exc}); "
-                f"put its raw files ({files}, ...) in {raw_dir}/ "
-                f"or set MEMPOOL_DATA_SOURCE to a folder that holds {name}/raw/"
-            ) from exc
-        except Exception as exc:  # PyG raises many kinds on malformed files
-            raise DataError(f"cannot read dataset {name} in {root_dir / name}: {type(exc).__name__}: {exc}") from exc
+        if source_dir is not None:
+            _copy_from_source(source_dir, raw_dir, name)
+        if not _raw_complete(raw_dir, name):
+            _download(name, url, raw_dir, source_dir)
+        return _graphs(name, raw_dir)

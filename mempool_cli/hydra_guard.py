@@ -1,0 +1,41 @@
+"""Hydra's side of a single run: refuse it before Hydra writes anything, and remember whether its folder existed.
+
+Hydra makes the run folder and writes ``.hydra/`` before the task function starts, and it turns exceptions raised
+in callbacks into warnings; so a refusal found here travels as :class:`Refused`, which Hydra lets through, to the
+command line, which reports it in one line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mempool_cli.errors import MempoolError
+
+existing_run_dirs: set[Path] = set()  # run folders that were there before this process's run started
+
+
+class Refused(BaseException):
+    """A run refused before it started; ``error`` says why."""
+
+    def __init__(self, error: MempoolError):
+        super().__init__(str(error))
+        self.error = error
+
+
+class RunGuard(Callback):
+    """Before a single run: resolve and check its config, device, resume checkpoint and run folder."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mempool_cli.config import resolve
+        from mempool_cli.protocols import preflight
+
+        run_dir = Path(config.hydra.run.dir).absolute()
+        if run_dir.exists():
+            existing_run_dirs.add(run_dir)
+        try:
+            preflight(resolve(config), run_dir)
+        except MempoolError as error:
+            raise Refused(error) from error

@@ -1,0 +1,92 @@
+"""The memory layers' clustering: sharpness measures, data-driven keys, the readout path, the keys' learning rate."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from mempool_cli.config import ModelSpec, OptimSpec
+from mempool_cli.engine import assignment_stats, memory_stats
+from mempool_cli.loop import TrainState
+from mempool_cli.model import build_model
+from mempool_cli.protocols import train
+from test_core import spec_of
+from conftest import TINY_ARGS
+
+SHARP = dict(memory_norm="batch", memory_radius=10.0, key_init="kmeans", head_init=3.0, tau=(30.0, 1.0))
+
+
+def test_assignment_stats_of_flat_and_hard_rows():
+    flat = assignment_stats([torch.full((6, 4), 0.25)])
+    assert flat["mean_max_assignment"] == pytest.approx(0.25) and flat["normalized_entropy"] == pytest.approx(1.0)
+    hard = assignment_stats([torch.eye(3)[[0, 1, 2, 2]], torch.eye(3)[[1]]])
+    assert hard == {"clusters": 3, "mean_max_assignment": 1.0, "normalized_entropy": 0.0, "keys_used": 3}
+    half = assignment_stats([torch.tensor([[0.5, 0.5, 0.0, 0.0]])])
+    assert half["normalized_entropy"] == pytest.approx(math.log(2) / math.log(4))
+
+
+def _clustered_batch(seed: int = 0) -> Batch:
+    """Graphs whose nodes come from three well-separated groups of features."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, 5, generator=gen) * 4
+    graphs = []
+    for g in range(12):
+        group = torch.randint(0, 3, (8,), generator=gen)
+        x = centres[group] + 0.1 * torch.randn(8, 5, generator=gen)
+        edges = torch.tensor([[i, i + 1] for i in range(7)]).t()
+        graphs.append(Data(x=x, edge_index=torch.cat([edges, edges.flip(0)], 1), y=torch.tensor([g % 2])))
+    return Batch.from_data_list(graphs)
+
+
+def _model(**changes):
+    torch.manual_seed(0)
+    spec = ModelSpec(hidden=16, layers=1, dropout=0.0, clusters=(3, 1), memory_hidden=8, heads=(4, 1),
+                     **{"tau": (1.0, 1.0), **changes})
+    return build_model(spec, num_features=5, num_classes=2)
+
+
+def test_kmeans_keys_are_matched_across_heads_and_assign_sharply():
+    data = _clustered_batch()
+    model = _model(**SHARP)
+    model.init_keys(data.x, data.edge_index, seed=0)
+    keys = model.memory[0].k.detach()
+    for h in range(1, 4):  # key j of every head is nearest to key j of the first head
+        assert torch.equal(torch.cdist(keys[h], keys[0]).argmin(dim=1), torch.arange(3))
+    stats = memory_stats(model, [data], torch.device("cpu"))
+    assert stats[0]["mean_max_assignment"] > 0.9 and stats[0]["keys_used"] == 3
+    plain = memory_stats(_model(), [data], torch.device("cpu"))
+    assert plain[0]["mean_max_assignment"] < 0.4  # PyG's initialisation: nearly flat
+
+
+def test_memory_stats_measure_the_models_own_assignments():
+    data = _clustered_batch(1)
+    model = _model(**SHARP)
+    model.eval()
+    _, _, assignments = model.forward_with_assignments(data.x, data.edge_index, data.batch, data.num_graphs)
+    stats = memory_stats(model, [data], torch.device("cpu"))[0]
+    expected = assignment_stats([assignments[0].detach()])
+    assert stats == {"layer": 0, **expected}
+
+
+def test_readout_path_sees_the_summed_input_features():
+    model = _model(readout="sum")
+    data = _clustered_batch()
+    assert model.classifier.in_features == 8 + 16
+    logits, _ = model(data.x, data.edge_index, data.batch, data.num_graphs)
+    logits.sum().backward()
+    assert model.baseline[0].weight.grad.abs().sum() > 0
+    assert model.baseline[0].in_features == 5
+
+
+def test_memory_keys_have_their_own_learning_rate():
+    state = TrainState.create(_model(), OptimSpec(lr=1e-3, memory_lr=0.05), epochs=3, seed=0)
+    groups = state.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 0.05]
+    assert groups[1]["params"] == state.model.memory_keys()
+
+
+def test_a_large_tau_trains_without_nan(tmp_path, data_env):
+    metrics = train(spec_of(TINY_ARGS + ["train.epochs=3", "model.memory.tau=100"]), tmp_path / "run")
+    assert all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss", "test_loss"))
