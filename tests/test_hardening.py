@@ -306,3 +306,20 @@ def test_ctrl_c_says_how_to_go_on_and_exits_130(tmp_path, data_env):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted") and f"train.resume={run / 'last.pt'}" in lines[0]
     assert load_checkpoint(run / "last.pt")["epoch"] >= 1 and not list(run.glob(".*.tmp"))
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, data_env):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import errno, os\n"
+        "_replace = os.replace\n"
+        "def replace(src, dst, *a, **k):\n"
+        "    if 'runs' in str(dst):\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device', str(dst))\n"
+        "    return _replace(src, dst, *a, **k)\n"
+        "os.replace = replace\n")
+    env = {**data_env, "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")])}
+    result = run_cli(["train", *TINY_ARGS, "train.epochs=1"], tmp_path, env)
+    _one_line(result, "No space left on device", "config.yaml")
+    assert not (tmp_path / "runs").exists()
