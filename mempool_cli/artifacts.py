@@ -150,10 +150,10 @@ def write_yaml(path: Path, payload: Any) -> None:
 
 
 def read_yaml(path: Path) -> Optional[Any]:
-    """The YAML in ``path`` (plain values only), or ``None`` where there is no file."""
+    """The YAML in ``path`` (plain values only), or ``None`` where it is missing or unreadable."""
     try:
         return yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, List, Mapping, Optional
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from typing import Any, Callable, List, Mapping, Optional, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -59,19 +59,9 @@ def default_data_source() -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The Hydra schema: every key typed, so Hydra refuses unknown keys and ill-typed values while composing.
-
-
-@dataclass
-class DatasetConfig:
-    name: str = MISSING
-    root: str = f"${{oc.env:MEMPOOL_DATA_ROOT,'{DEFAULT_DATA_ROOT}'}}"
-    source: Optional[str] = "${oc.env:MEMPOOL_DATA_SOURCE,null}"
-    url: str = DEFAULT_DATA_URL
-    node_attributes: bool = True
-    node_labels: bool = True
-    degree: str = "none"
-    max_degree: int = 64
+# The Hydra schema: every key typed, so Hydra refuses unknown keys and ill-typed values while composing. The
+# model's is written out (its YAML shape differs from ModelSpec: per-layer values are spelled out when resolved);
+# the other groups are made from their specs below.
 
 
 @dataclass
@@ -98,58 +88,6 @@ class ModelConfig:
     norm: str = "batch"
     readout: str = "none"
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    scheduler: str = "plateau"
-    factor: float = 0.5
-    scheduler_patience: int = 10
-    min_lr: float = 1e-5
-    memory_lr: Optional[float] = None
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 32
-    patience: int = 50
-    kl_schedule: str = "paper"
-    kl_weight: float = 1.0
-    resume: Optional[str] = None
-    progress: bool = True
-    overwrite: bool = False
-
-
-@dataclass
-class ProtocolConfig:
-    name: str = "holdout"
-    folds: int = 10
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_file: Optional[str] = None
-
-
-@dataclass
-class Config:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-    seed: int = 0
-    device: str = "auto"
-    threads: Optional[int] = None
-
-
-def register_configs() -> None:
-    """Register the schema so that ``configs/config.yaml`` can extend it."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="schema", node=Config)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,6 +299,42 @@ class RunSpec:
             raise ConfigError(f"device: unknown value {self.device!r}; choose one of: auto, cpu, cuda, cuda:<index>")
         if self.threads is not None:
             _positive("threads", self.threads)
+
+
+# The rest of the Hydra schema: the specs' own fields, as mutable dataclasses (Hydra applies overrides to them).
+
+
+def _schema(spec: type, **defaults: Any) -> type:
+    """A mutable Hydra schema with the fields of a frozen spec (its defaults, or those given)."""
+    hints = get_type_hints(spec)
+    return make_dataclass(spec.__name__.replace("Spec", "Config"), [
+        (f.name, hints[f.name], field(default=defaults.get(f.name, f.default))) for f in fields(spec)])
+
+
+DatasetConfig = _schema(DataSpec, name=MISSING, root=f"${{oc.env:MEMPOOL_DATA_ROOT,'{DEFAULT_DATA_ROOT}'}}",
+                        source="${oc.env:MEMPOOL_DATA_SOURCE,null}")
+OptimConfig = _schema(OptimSpec)
+TrainConfig = _schema(TrainSpec)
+ProtocolConfig = _schema(ProtocolSpec)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = None
+
+
+def register_configs() -> None:
+    """Register the schema so that ``configs/config.yaml`` can extend it."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="schema", node=Config)
 
 
 def _model_spec(model: Mapping[str, Any]) -> ModelSpec:

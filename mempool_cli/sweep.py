@@ -43,15 +43,29 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
 
 
+def read_metrics(path: Path) -> Optional[dict[str, Any]]:
+    """A ``metrics.json`` with numeric accuracies, or ``None`` (missing, unreadable, or not mempool's)."""
+    metrics = read_json(path)
+    numeric = isinstance(metrics, dict) and all(
+        isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)
+        for key in ("val_acc", "test_acc"))
+    return metrics if numeric else None
+
+
+def _overrides(job: Path) -> list[str]:
+    overrides = read_yaml(job / ".hydra" / "overrides.yaml")
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
+
+
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job of a Hydra sweep: the overrides that vary between jobs (all of them under
     ``all_overrides``) and its metrics, best validation accuracy first, unfinished jobs last."""
     jobs = job_dirs(sweep_dir)
-    overrides = [read_yaml(job / ".hydra" / "overrides.yaml") or [] for job in jobs]
+    overrides = [_overrides(job) for job in jobs]
     common = set.intersection(*map(set, overrides)) if len(overrides) > 1 else set()
     rows = []
     for job, job_overrides in zip(jobs, overrides):
-        metrics = read_json(job / METRICS)
+        metrics = read_metrics(job / METRICS)
         status = "done" if metrics else "failed" if (job / FAILED).exists() else "unfinished"
         row: dict[str, Any] = {"job": job.name, "overrides": " ".join(o for o in job_overrides if o not in common),
                                "all_overrides": " ".join(job_overrides), "status": status}
@@ -74,7 +88,7 @@ def fold_rows(run_dir: Path) -> list[dict[str, Any]]:
     folds = read_json(run_dir / FOLDS)
     count = len(folds["folds"]) if folds else len(list(run_dir.glob("fold_*")))
     for i in range(count):
-        metrics = read_json(fold_dir(run_dir, i) / METRICS)
+        metrics = read_metrics(fold_dir(run_dir, i) / METRICS)
         rows.append({"fold": i, "status": "done" if metrics else "unfinished", **(metrics or {})})
     return rows
 

@@ -323,3 +323,15 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, data_env):
     result = run_cli(["train", *TINY_ARGS, "train.epochs=1"], tmp_path, env)
     _one_line(result, "No space left on device", "config.yaml")
     assert not (tmp_path / "runs").exists()
+
+
+def test_summaries_survive_garbage_files(tmp_path):
+    from mempool_cli.sweep import sweep_rows
+
+    for job, (overrides, metrics) in enumerate([("- seed=1\n", '{"val_acc": "x", "test_acc": 1}'),
+                                                 (": : :\n", "[1, 2]"), ("- seed=3\n", '{"val_acc": 0.5, "test_acc": 0.4}')]):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(overrides)
+        (tmp_path / str(job) / "metrics.json").write_text(metrics)
+    rows = sweep_rows(tmp_path)
+    assert [(r["job"], r["status"]) for r in rows] == [("2", "done"), ("0", "unfinished"), ("1", "unfinished")]
