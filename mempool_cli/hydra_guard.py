@@ -25,8 +25,34 @@ class Refused(BaseException):
         self.error = error
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The overrides of every job of a basic sweep, as Hydra's basic sweeper will expand them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
 class RunGuard(Callback):
-    """Before a single run: resolve and check its config, device, resume checkpoint and run folder."""
+    """Before a single run: resolve and check its config, device, resume checkpoint and run folder. Before a
+    basic sweep: resolve and check every job's config, so that one bad value stops the sweep before any job."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra import compose
+
+        from mempool_cli.config import resolve
+
+        if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+            return  # other sweepers choose their jobs as they go
+        for job in _sweep_jobs(config):
+            try:
+                resolve(compose(config_name="config", overrides=job))
+            except MempoolError as error:
+                raise Refused(MempoolError(f"sweep job {' '.join(job)}: {error}")) from error
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mempool_cli.config import resolve

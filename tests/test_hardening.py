@@ -220,13 +220,19 @@ def test_a_split_file_of_the_other_kind_is_named(tmp_path):
     ("model.memory.tau=nan", "model.memory.tau[0]"), ("model.memory.tau=inf", "model.memory.tau[0]"),
     ("optim.lr=nan", "optim.lr"), ("seed=-1", "seed"), ("seed=4294967296", "seed"),
     ("+model.memroy.tau=5", "model.memroy"), ("protocol.val_fraction=0.001", "protocol.val_fraction"),
-    ("protocol=kfold", "protocol.folds"), ("device=cuda:7", "device")])
+    ("protocol.folds=30", "protocol.folds"), ("device=cuda:7", "device")])
 def test_impossible_settings_are_refused_by_key_before_any_folder(override, key, tmp_path, data_env):
-    extra = ["protocol.folds=30"] if override == "protocol=kfold" else []
     if override.startswith("device") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has that GPU")
-    result = run_cli(["train", *TINY_ARGS, "train.epochs=1", override, *extra], tmp_path, data_env)
-    _one_line(result, key)
+    protocol = ["protocol=kfold"] if override.startswith("protocol.folds") else []
+    with pytest.raises(ConfigError) as info:
+        train(spec_of(TINY_ARGS + ["train.epochs=1", *protocol, override]), tmp_path / "run")
+    assert str(info.value).startswith(key) and not (tmp_path / "run").exists()
+
+
+def test_refusals_on_the_command_line_are_one_line_and_leave_no_folder(tmp_path, data_env):
+    for override, key in (("+model.memroy.tau=5", "model.memroy"), ("device=cuda:7", "device")):
+        _one_line(run_cli(["train", *TINY_ARGS, "train.epochs=1", override], tmp_path, data_env), key)
     assert not (tmp_path / "runs").exists()
 
 
@@ -263,10 +269,11 @@ def test_eval_of_broken_or_mismatched_checkpoints_is_one_line(finished, tmp_path
 
 def test_a_sweep_with_a_failing_job_summarises_it_and_fails(tmp_path, data_env):
     sweep = tmp_path / "sweep"
-    result = run_cli(["train", "-m", *TINY_ARGS, "train.epochs=1", "model.memory.tau=1.0,nan",
-                      f"hydra.sweep.dir={sweep}"], tmp_path, data_env)
+    result = run_cli(["train", "-m", *TINY_ARGS, "train.epochs=1", "dataset.name=TINY,ABSENT",
+                      "dataset.url=http://127.0.0.1:9", f"hydra.sweep.dir={sweep}"], tmp_path, data_env)
     assert result.returncode != 0 and "1 sweep job(s) failed (1)" in result.stderr
-    assert "1,model.memory.tau=nan,failed" in (sweep / "summary.csv").read_text()
+    assert "1,dataset.name=ABSENT,failed" in (sweep / "summary.csv").read_text()
+    assert "could not download ABSENT" in (sweep / "1" / "failed.json").read_text()
 
 
 def test_train_time_leaves_out_the_kernel_build(tmp_path, data_env, monkeypatch):
@@ -335,3 +342,11 @@ def test_summaries_survive_garbage_files(tmp_path):
         (tmp_path / str(job) / "metrics.json").write_text(metrics)
     rows = sweep_rows(tmp_path)
     assert [(r["job"], r["status"]) for r in rows] == [("2", "done"), ("0", "unfinished"), ("1", "unfinished")]
+
+
+def test_a_sweep_with_one_impossible_value_runs_no_job(tmp_path, data_env):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", *TINY_ARGS, "train.epochs=1", "model.dropout=0.5,1.0",
+                      f"hydra.sweep.dir={sweep}"], tmp_path, data_env)
+    _one_line(result, "model.dropout=1.0", "model.dropout: must be in [0, 1)")
+    assert not list(sweep.glob("*/metrics.json"))
