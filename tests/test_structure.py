@@ -62,3 +62,19 @@ def test_registries_refuse_builders_that_do_not_match():
     assert set(registry(ENCODERS, gat=1, gcn=2, gin=3)) == set(ENCODERS)
     with pytest.raises(AssertionError):
         registry(ENCODERS, gat=1, gcn=2)
+
+
+def test_default_threads_leave_busy_cores_alone(monkeypatch):
+    import torch
+
+    from mempool_cli import device
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(device.os, "getloadavg", lambda: (64.0, 0.0, 0.0))
+        device.set_threads(None)
+        assert torch.get_num_threads() == 1
+        device.set_threads(2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
