@@ -98,7 +98,9 @@ def test_a_corrupt_raw_copy_is_replaced_once_the_source_is_right(tmp_path, tiny_
     cache = tmp_path / "cache"
     load_tudataset("TINY", str(cache), str(tiny_source), URL)
     _cut(cache / "TINY" / "raw" / "TINY_graph_labels.txt", 0.5)
+    (cache / "TINY" / "raw" / "README").write_text("mine")
     assert len(load_tudataset("TINY", str(cache), str(tiny_source), URL)) == 48
+    assert (cache / "TINY" / "raw" / "README").read_text() == "mine"
 
 
 def test_a_truncated_cache_file_is_rebuilt(tmp_path, tiny_source):

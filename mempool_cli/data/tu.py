@@ -91,7 +91,7 @@ def _digest(files: list[Path]) -> str:
 
 def _copy_from_source(source: Path, raw_dir: Path, name: str) -> None:
     """Copy ``<source>/<name>/raw/`` into the cache when the cache lacks it or holds other files (a corrupt or
-    older copy); the source is only read."""
+    older copy); the source is only read, and nothing in the cache but the copied names is replaced."""
     src = source / name / "raw"
     if not src.is_dir():
         return
@@ -101,14 +101,12 @@ def _copy_from_source(source: Path, raw_dir: Path, name: str) -> None:
     files = _raw_files(src, name)
     if _raw_files(raw_dir, name) and _digest(files) == _digest(_raw_files(raw_dir, name)):
         return
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    raw_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=raw_dir.parent, prefix=".raw-"))
     try:
-        for file in files:
+        for file in files:  # each file replaced whole; other files in raw/ are left alone
             shutil.copyfile(file, staging / file.name)
-        if raw_dir.exists():
-            shutil.rmtree(raw_dir)
-        staging.rename(raw_dir)
+            os.replace(staging / file.name, raw_dir / file.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("copied %s raw files from %s", name, src)
