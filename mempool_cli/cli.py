@@ -101,8 +101,11 @@ def _remove_created(run_dir: Path) -> None:
 
 
 def _how_to_go_on(spec, run_dir: str) -> str:
+    """What an interrupted run's user can do next."""
     if spec.protocol.name == "kfold":
         return f"run the same command again with hydra.run.dir={run_dir} (finished folds are kept)"
+    if not (Path(run_dir) / "last.pt").exists():
+        return "no epoch had finished; run it again"
     return f"continue with the same overrides and train.resume={Path(run_dir) / 'last.pt'}"
 
 
@@ -151,7 +154,7 @@ def train_job(cfg) -> float:
         _remove_created(Path(run_dir))
         raise SystemExit(_report(error)) from None
     except KeyboardInterrupt:
-        resume = f"; {_how_to_go_on(spec, run_dir)}" if spec and Path(run_dir).is_dir() else ""
+        resume = f"; {_how_to_go_on(spec, run_dir)}" if spec else ""
         err_console.print(f"interrupted{resume}", markup=False)
         raise SystemExit(130) from None
     if spec.protocol.name == "kfold":
