@@ -1,6 +1,7 @@
 """The callbacks that leave a run's files: checkpoints, TensorBoard events and the per-epoch history."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from mempool_cli.artifacts import CHECKPOINT, LAST, csv_text, save_checkpoint, write_atomic
 from mempool_cli.loop import Callback, TrainState
+
+log = logging.getLogger(__name__)
 
 
 class Checkpointer(Callback):
@@ -64,3 +67,24 @@ class HistoryLogger(Callback):
 
     def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
         write_atomic(self.path, csv_text(state.history, list(state.history[-1])))
+
+
+def epoch_line(epoch: int, stats: dict[str, float], best: dict) -> str:
+    """One epoch's figures on one line."""
+    return (f"epoch {epoch:4d}  loss {stats['train/loss']:.4f}  train_acc {stats['train/acc']:.3f}  "
+            f"val_loss {stats['val/loss']:.4f}  val_acc {stats['val/acc']:.3f}  "
+            f"best {best['val_acc']:.3f}@{best['epoch']}  lr {stats['lr']:.2e}")
+
+
+class EpochLog(Callback):
+    """Every epoch's line and the final metrics in the log (``train.log`` of the run)."""
+
+    def __init__(self, title: str = ""):
+        self.prefix = f"[{title}] " if title else ""
+
+    def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
+        log.info("%s%s", self.prefix, epoch_line(state.epoch, stats, state.best))
+
+    def on_results(self, state: TrainState, metrics: dict[str, Any]) -> None:
+        shown = {key: value for key, value in metrics.items() if not isinstance(value, (list, dict))}
+        log.info("%sfinal metrics: %s", self.prefix, shown)

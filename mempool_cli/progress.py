@@ -6,14 +6,13 @@ from typing import Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from mempool_cli.callbacks import epoch_line
 from mempool_cli.loop import Callback, TrainState
 
 
-def epoch_line(epoch: int, stats: dict[str, float], best: dict) -> str:
-    """One epoch's figures on one line."""
-    return (f"epoch {epoch:4d}  loss {stats['train/loss']:.4f}  train_acc {stats['train/acc']:.3f}  "
-            f"val_loss {stats['val/loss']:.4f}  val_acc {stats['val/acc']:.3f}  "
-            f"best {best['val_acc']:.3f}@{best['epoch']}  lr {stats['lr']:.2e}")
+def early_stop_line(state: TrainState) -> str:
+    return (f"early stop at epoch {state.epoch}: no better validation result since epoch {state.best['epoch']} "
+            f"(train.patience)")
 
 
 class RichReporter(Callback):
@@ -47,6 +46,8 @@ class RichReporter(Callback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        if state.stopped:
+            self.console.print(f"{self.title} {early_stop_line(state)}".strip(), highlight=False)
 
 
 class PlainReporter(Callback):
@@ -58,8 +59,16 @@ class PlainReporter(Callback):
         self.prefix = f"[{title}] " if title else ""
 
     def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
+        self.last = (state.epoch, stats)
         if state.epoch == 1 or state.epoch % self.every == 0:
             self.console.print(self.prefix + epoch_line(state.epoch, stats, state.best), highlight=False)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        last = getattr(self, "last", None)
+        if last and last[0] != 1 and last[0] % self.every:  # the last epoch, when not printed already
+            self.console.print(self.prefix + epoch_line(*last, state.best), highlight=False)
+        if state.stopped:
+            self.console.print(self.prefix + early_stop_line(state), highlight=False)
 
 
 def progress_factory(console: Console, enabled: bool):

@@ -8,7 +8,7 @@ import torch
 from torch_geometric.data import Batch
 
 from mempool_cli.artifacts import HISTORY, METRICS, TENSORBOARD, write_json
-from mempool_cli.callbacks import Checkpointer, HistoryLogger, TensorBoardLogger
+from mempool_cli.callbacks import Checkpointer, EpochLog, HistoryLogger, TensorBoardLogger
 from mempool_cli.config import RunSpec, result_settings
 from mempool_cli.data import Dataset, GraphSet, make_loader
 from mempool_cli.device import pick_device, seed_everything
@@ -68,7 +68,7 @@ def train_split(spec: RunSpec, run_dir: Path, dataset: Dataset, split: dict[str,
             "dataset": dataset.describe(graphs, stats), "split": split, "split_meta": split_meta}
     callbacks = [EarlyStopping(spec.train.patience), Checkpointer(run_dir, base),
                  TensorBoardLogger(run_dir / TENSORBOARD, result_settings(spec.config)),
-                 HistoryLogger(run_dir / HISTORY)]
+                 HistoryLogger(run_dir / HISTORY), EpochLog(title)]
     if progress is not None:
         callbacks.append(progress(title, spec.train.epochs, len(train_loader)))
     if device.type == "cpu" and spec.model.memory_impl == "fast":

@@ -48,6 +48,8 @@ def test_train_leaves_checkpoint_logs_and_metrics(trained):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/ce", "train/kl", "val/loss", "val/acc", "test/acc", "lr"} <= tags
     assert len(events.Scalars("val/acc")) == 4
+    log = (run_dir / "train.log").read_text()
+    assert log.count("] epoch ") == 4 and "epoch    4  loss" in log and "final metrics" in log
 
 
 def test_eval_reproduces_recorded_test_accuracy(trained):

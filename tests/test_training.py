@@ -137,3 +137,19 @@ def test_resume_with_other_settings_is_refused_before_any_folder(override, keys,
     with pytest.raises(ConfigError, match=keys):
         train(spec, tmp_path / "second")
     assert not (tmp_path / "second").exists()
+
+
+def test_piped_progress_shows_the_last_epoch_and_the_early_stop(tmp_path, data_env):
+    import io
+
+    from rich.console import Console
+
+    from mempool_cli.progress import progress_factory
+
+    out = io.StringIO()
+    spec = spec_of(TINY_ARGS + ["train.epochs=500", "train.patience=2", "optim.lr=0.0001"])
+    metrics = train(spec, tmp_path / "run", progress_factory(Console(file=out, width=200), True))
+    lines = out.getvalue().splitlines()
+    stopped = metrics["epochs_run"]
+    assert stopped < 500 and lines[-1].startswith(f"early stop at epoch {stopped}:")
+    assert lines[-2].startswith(f"epoch {stopped:4d}") and lines[0].startswith("epoch    1")
