@@ -14,20 +14,27 @@ from mempool_cli.errors import CheckpointError
 from mempool_cli.model import model_from_args
 
 
-def classification_report(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, Any]:
-    """Confusion matrix (rows: true class, columns: predicted) with per-class precision and recall."""
+def classification_report(pred: torch.Tensor, target: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    """Confusion matrix (rows: true class, columns: predicted, in the order of ``class_names``) with per-class
+    precision and recall."""
+    num_classes = len(class_names)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     confusion.index_put_((target, pred), torch.ones_like(target), accumulate=True)
     per_class = []
     for c in range(num_classes):
         predicted, actual, hit = confusion[:, c].sum().item(), confusion[c].sum().item(), confusion[c, c].item()
         per_class.append({
-            "class": c,
+            "class": class_names[c],
             "precision": hit / predicted if predicted else 0.0,
             "recall": hit / actual if actual else 0.0,
             "support": actual,
         })
-    return {"confusion_matrix": confusion.tolist(), "per_class": per_class}
+    return {"class_names": list(class_names), "confusion_matrix": confusion.tolist(), "per_class": per_class}
+
+
+def class_names(info: dict[str, Any]) -> list[str]:
+    """A checkpoint's class names as the data writes its labels (indices for checkpoints that predate them)."""
+    return info.get("class_names") or [str(c) for c in range(info["num_classes"])]
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[str] = None,
@@ -59,6 +66,6 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[st
         "accuracy": result["acc"],
         "loss": result["loss"],
         "recorded_accuracy": checkpoint["metrics"].get(f"{split}_acc"),
-        **classification_report(result["pred"], result["target"], info["num_classes"]),
+        **classification_report(result["pred"], result["target"], class_names(info)),
         "memory": memory_stats(model, loader, torch_device),
     }

@@ -34,11 +34,10 @@ def eval_tables(result: dict[str, Any]) -> list[Table]:
         per_class.add_row(*(_fmt(row[c]) for c in ("class", "precision", "recall", "support")))
     confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
     confusion.add_column("")
-    matrix = result["confusion_matrix"]
-    for c in range(len(matrix)):
-        confusion.add_column(str(c), justify="right")
-    for c, row in enumerate(matrix):
-        confusion.add_row(str(c), *(str(v) for v in row))
+    for name in result["class_names"]:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(result["class_names"], result["confusion_matrix"]):
+        confusion.add_row(name, *(str(v) for v in row))
     return [summary, per_class, confusion, memory_table(result["memory"])]
 
 

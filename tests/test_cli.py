@@ -61,6 +61,7 @@ def test_eval_reproduces_recorded_test_accuracy(trained):
     assert report["accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-6)
     assert report["num_graphs"] == len(json.loads((run_dir / "split.json").read_text())["split"]["test"])
     assert sum(map(sum, report["confusion_matrix"])) == report["num_graphs"]
+    assert report["class_names"] == ["0", "1"] and [r["class"] for r in report["per_class"]] == ["0", "1"]
     first, readout = report["memory"]
     assert first["clusters"] == 4 and 0.25 <= first["mean_max_assignment"] <= 1 and 1 <= first["keys_used"] <= 4
     assert 0 <= first["normalized_entropy"] <= 1 and readout["clusters"] == 1

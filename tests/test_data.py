@@ -10,6 +10,7 @@ from mempool_cli.artifacts import write_json
 from mempool_cli.data.features import featurize, fit_feature_stats
 from mempool_cli.data.splits import holdout_split, kfold_splits, read_split_file, split_metadata
 from mempool_cli.data.tu import load_tudataset
+from conftest import SHARED_TU
 from mempool_cli.errors import DataError
 
 RECIPE = {"name": "TINY", "node_attributes": True, "node_labels": True, "degree": "none", "max_degree": 4}
@@ -99,3 +100,9 @@ def test_split_file_mismatch_is_refused(tmp_path):
     path.write_text(json.dumps({"nothing": 1}))
     with pytest.raises(DataError, match="cannot read split file"):
         read_split_file(path, "TINY", labels, "split")
+
+
+@pytest.mark.skipif(not (SHARED_TU / "MUTAG" / "raw").is_dir(), reason="offline MUTAG copy not present")
+def test_class_names_are_the_labels_as_written(tmp_path):
+    mutag = load_tudataset("MUTAG", str(tmp_path / "cache"), str(SHARED_TU), "http://127.0.0.1:9")
+    assert mutag.class_names == ["-1", "1"]

@@ -107,12 +107,13 @@ def test_a_resumed_run_that_had_stopped_finishes_instead_of_training_on(tmp_path
 
 def test_confusion_matrix_and_per_class_values():
     pred, target = torch.tensor([0, 1, 1, 2, 2, 2, 0]), torch.tensor([0, 1, 2, 2, 2, 0, 0])
-    report = classification_report(pred, target, 3)
+    report = classification_report(pred, target, ["a", "b", "c"])
     assert report["confusion_matrix"] == [[2, 0, 1], [0, 1, 0], [0, 1, 2]]
     precision = [r["precision"] for r in report["per_class"]]
     recall = [r["recall"] for r in report["per_class"]]
     assert precision == pytest.approx([1.0, 0.5, 2 / 3]) and recall == pytest.approx([2 / 3, 1.0, 2 / 3])
     assert [r["support"] for r in report["per_class"]] == [3, 1, 3]
+    assert [r["class"] for r in report["per_class"]] == ["a", "b", "c"]
 
 
 def test_resume_records_what_was_trained_and_equals_an_uninterrupted_run(tmp_path, data_env):

@@ -46,7 +46,7 @@ class Dataset:
         """What a checkpoint records to featurise graphs the same way and to recognise this data again."""
         return {**self.spec.recipe(), "num_graphs": len(graphs), "num_classes": graphs.num_classes,
                 "num_features": graphs.num_features, "feature_stats": dict(stats),
-                "labels_hash": labels_hash(self.labels)}
+                "labels_hash": labels_hash(self.labels), "class_names": list(self.raw.class_names)}
 
 
 def from_checkpoint(info: Mapping[str, Any], root: Optional[str] = None) -> GraphSet:

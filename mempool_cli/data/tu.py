@@ -32,15 +32,16 @@ log = logging.getLogger(__name__)
 
 REQUIRED_RAW_FILES = ("A", "graph_indicator", "graph_labels")
 CACHE_FILE = "mempool-graphs.pt"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the class names
 
 
 class TUGraphs(InMemoryDataset):
     """The graphs of one TU dataset in PyG's collated form (``x`` = continuous attributes, then one-hot labels)."""
 
-    def __init__(self, name: str, data: Data, slices: dict, sizes: dict[str, int], raw_folder: Path):
+    def __init__(self, name: str, data: Data, slices: dict, sizes: dict[str, int], raw_folder: Path,
+                 class_names: list[str]):
         super().__init__(None)
-        self.name, self.sizes, self.raw_folder = name, sizes, Path(raw_folder)
+        self.name, self.sizes, self.raw_folder, self.class_names = name, sizes, Path(raw_folder), class_names
         self.data, self.slices = data, slices
 
     @property
@@ -184,7 +185,13 @@ def _parse(raw_dir: Path, name: str) -> dict[str, Any]:
     _check_consistent(name, data, slices)
     node_counts = slices["x"].diff() if "x" in slices else torch.as_tensor(data._num_nodes)
     return {"x": data.x, "edge_index": data.edge_index, "y": data.y, "node_counts": node_counts,
-            "slices": {key: value for key, value in slices.items()}, "sizes": dict(sizes)}
+            "slices": {key: value for key, value in slices.items()}, "sizes": dict(sizes),
+            "class_names": _class_names(raw_dir / f"{name}_graph_labels.txt")}
+
+
+def _class_names(path: Path) -> list[str]:
+    """The labels as the file writes them, in the order of the class indices (PyG sorts them: -1, 1 -> 0, 1)."""
+    return [str(label) for label in sorted({int(line) for line in _lines(path)})]
 
 
 def _load_cache(path: Path, fingerprint: str) -> Optional[dict[str, Any]]:
@@ -221,7 +228,7 @@ def _graphs(name: str, raw_dir: Path) -> TUGraphs:
     if graphs["x"] is None:
         data._num_nodes = graphs["node_counts"].tolist()
         data.num_nodes = int(graphs["node_counts"].sum())
-    return TUGraphs(name, data, graphs["slices"], graphs["sizes"], raw_dir)
+    return TUGraphs(name, data, graphs["slices"], graphs["sizes"], raw_dir, graphs["class_names"])
 
 
 def load_tudataset(name: str, root: str, source: Optional[str], url: str) -> TUGraphs:
