@@ -57,6 +57,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[st
     graphs = data.from_checkpoint(info, root)
     loader = data.make_loader(graphs, checkpoint["split"][split], train_cfg["batch_size"])
     result = evaluate(model, loader, torch_device, train_cfg["kl_weight"])
+    recorded = checkpoint["metrics"].get(f"{split}_acc")
     return {
         "checkpoint": str(path),
         "dataset": info["name"],
@@ -65,7 +66,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[st
         "epoch": checkpoint["epoch"],
         "accuracy": result["acc"],
         "loss": result["loss"],
-        "recorded_accuracy": checkpoint["metrics"].get(f"{split}_acc"),
+        **({"recorded_accuracy": recorded} if recorded is not None else {}),
         **classification_report(result["pred"], result["target"], class_names(info)),
         "memory": memory_stats(model, loader, torch_device),
     }

@@ -25,8 +25,8 @@ def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table:
 
 def eval_tables(result: dict[str, Any]) -> list[Table]:
     """Accuracy, per-class precision/recall and the confusion matrix of an evaluation."""
-    summary = metrics_table({k: result[k] for k in ("dataset", "split", "num_graphs", "epoch", "accuracy", "loss",
-                                                     "recorded_accuracy")}, title="evaluation")
+    keys = ("dataset", "split", "num_graphs", "epoch", "accuracy", "loss", "recorded_accuracy")
+    summary = metrics_table({k: result[k] for k in keys if k in result}, title="evaluation")
     per_class = Table(title="per class")
     for column in ("class", "precision", "recall", "support"):
         per_class.add_column(column, justify="right")
@@ -65,8 +65,9 @@ def mean_std_table(summary: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("mean +- std", justify="right")
-    for key in ("val_acc", "test_acc", "train_acc"):
-        table.add_row(key, f"{summary[key]:.4f} +- {summary[key + '_std']:.4f}")
+    for key in ("val_acc", "test_acc", "train_acc"):  # one fold has no spread to show
+        spread = f" +- {summary[key + '_std']:.4f}" if summary["folds"] > 1 else " (1 fold)"
+        table.add_row(key, f"{summary[key]:.4f}{spread}")
     for key in ("folds", "finished", "train_time_s"):
         if key in summary:
             table.add_row(key, _fmt(summary[key]))

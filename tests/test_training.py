@@ -154,3 +154,19 @@ def test_piped_progress_shows_the_last_epoch_and_the_early_stop(tmp_path, data_e
     stopped = metrics["epochs_run"]
     assert stopped < 500 and lines[-1].startswith(f"early stop at epoch {stopped}:")
     assert lines[-2].startswith(f"epoch {stopped:4d}") and lines[0].startswith("epoch    1")
+
+
+def test_eval_omits_a_recorded_accuracy_it_does_not_have_and_one_fold_shows_no_spread(tmp_path, data_env):
+    from rich.console import Console
+
+    from mempool_cli.evaluation import evaluate_checkpoint
+    from mempool_cli.report import mean_std_table
+
+    train(spec_of(TINY_ARGS + ["train.epochs=2"]), tmp_path / "run")
+    assert "recorded_accuracy" not in evaluate_checkpoint(tmp_path / "run" / "last.pt")
+    assert "recorded_accuracy" in evaluate_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    one = {"val_acc": 0.5, "val_acc_std": 0.0, "test_acc": 0.4, "test_acc_std": 0.0, "train_acc": 0.9,
+           "train_acc_std": 0.0, "folds": 1}
+    console = Console(record=True, width=100)
+    console.print(mean_std_table(one, "t"))
+    assert "0.4000 (1 fold)" in console.export_text() and "+-" not in console.export_text().split("\n", 3)[-1]
