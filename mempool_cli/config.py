@@ -404,6 +404,8 @@ def result_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any], allowed: tuple[str, ...] = ()) -> list[str]:
-    """The result settings (dotted keys) whose values differ between two configs, ``allowed`` ones left out."""
-    a, b = result_settings(old), result_settings(new)
+    """The result settings (dotted keys) whose values differ between two configs, ``allowed`` ones left out. A
+    setting that one config lacks (written before the setting existed) counts as its default."""
+    defaults = result_settings(OmegaConf.to_container(OmegaConf.structured(Config)))
+    a, b = ({**defaults, **result_settings(config)} for config in (old, new))
     return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key) and key not in allowed)

@@ -170,3 +170,12 @@ def test_eval_omits_a_recorded_accuracy_it_does_not_have_and_one_fold_shows_no_s
     console = Console(record=True, width=100)
     console.print(mean_std_table(one, "t"))
     assert "0.4000 (1 fold)" in console.export_text() and "+-" not in console.export_text().split("\n", 3)[-1]
+
+
+def test_settings_added_since_a_run_count_as_their_defaults():
+    from mempool_cli.config import changed_settings
+
+    new = spec_of(TINY_ARGS).config
+    old = {**new, "model": {k: v for k, v in new["model"].items() if k != "readout"}}
+    assert changed_settings(old, new) == []
+    assert changed_settings(old, {**new, "model": {**new["model"], "readout": "sum"}}) == ["model.readout"]
