@@ -1,7 +1,6 @@
 """Where a run computes: the device, the CPU threads and the seeded generators."""
 from __future__ import annotations
 
-import os
 import random
 from typing import Optional
 
@@ -26,20 +25,10 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError(f"device: unknown value {name!r}; choose one of: auto, cpu, cuda, cuda:<index>") from exc
 
 
-def free_cores() -> int:
-    """The cores not busy with other work right now (at least 1): all of them less the 1-minute load average."""
-    cores = os.cpu_count() or 1
-    try:
-        busy = round(os.getloadavg()[0])
-    except OSError:  # no load average on this platform
-        busy = 0
-    return max(1, cores - busy)
-
-
 def set_threads(threads: Optional[int]) -> None:
-    """Use ``threads`` CPU threads for PyTorch's operations; ``None``: as many as there are free cores, so that
-    threads do not wait on cores that other processes hold."""
-    torch.set_num_threads(threads if threads is not None else min(torch.get_num_threads(), free_cores()))
+    """Use ``threads`` CPU threads for PyTorch's operations (``None``: PyTorch's default, one per core)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:

@@ -64,17 +64,18 @@ def test_registries_refuse_builders_that_do_not_match():
         registry(ENCODERS, gat=1, gcn=2)
 
 
-def test_default_threads_leave_busy_cores_alone(monkeypatch):
+def test_a_run_uses_the_configured_threads(tmp_path, data_env):
     import torch
 
-    from mempool_cli import device
+    from mempool_cli.protocols import train
+    from test_core import spec_of
+    from conftest import TINY_ARGS
 
     before = torch.get_num_threads()
     try:
-        monkeypatch.setattr(device.os, "getloadavg", lambda: (64.0, 0.0, 0.0))
-        device.set_threads(None)
+        spec = spec_of(TINY_ARGS + ["train.epochs=1"])
+        assert spec.threads == 1  # the default: the same numbers on every machine
+        train(spec, tmp_path / "run")
         assert torch.get_num_threads() == 1
-        device.set_threads(2)
-        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
