@@ -27,6 +27,7 @@ from typing import Optional
 
 import torch
 
+from mempool_cli.artifacts import write_atomic
 from mempool_cli.sweep import fold_rows, fold_selection, fold_summary, job_dirs, sweep_rows
 
 DATASETS = ["MUTAG", "PROTEINS", "PROTEINS_full", "ENZYMES", "NCI1", "IMDB-BINARY", "DD"]
@@ -102,9 +103,9 @@ def selection_cell(selected: Optional[dict], folds: int) -> str:
     return f"**{percent(selected, 'test_acc')}**{done} over `{selected['grid']}`"
 
 
-def write_table(out: Path, select: Path, names: list[str], folds: int, overrides: list[str], target: Path) -> None:
-    """docs/results.md from the runs (and sweeps) of every dataset."""
-    lines = [
+def _header(folds: int, overrides: list[str]) -> list[str]:
+    """The introduction and the column heads of docs/results.md."""
+    return [
         "# Results on TU benchmarks",
         "",
         f"Stratified {folds}-fold cross-validation (Errica et al., 2020): for each fold a stratified 10% of the",
@@ -123,25 +124,35 @@ def write_table(out: Path, select: Path, names: list[str], folds: int, overrides
         "| train time (defaults; all grid jobs) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    beaten, short = [], []
+
+
+def _row(name: str, default: Optional[dict], selected: Optional[dict], folds: int) -> tuple[str, str]:
+    """One dataset's row and its verdict against Errica et al.'s best row (``yes``, ``no`` or another note)."""
+    errica, memgnn = ERRICA.get(name, "not reported"), MEMGNN.get(name, "not reported")
+    if default is None and selected is None:
+        reason = "not run: raw data not present here" if not raw_present(name) else "not run yet"
+        return f"| {name} | ({reason}) | | | {errica} | | {memgnn} | |", "n/a"
+    final = selected or default
+    verdict = "n/a"
+    if final["finished"] < folds:
+        verdict = f"unfinished: {final['finished']} of {folds} folds"
+    elif name in ERRICA_BEST:
+        verdict = "yes" if 100 * final["test_acc"] > ERRICA_BEST[name] else "no"
+    times = [f"{label}{r['train_time_s'] / 60:.1f} min" for label, r in (("", default), ("grid ", selected)) if r]
+    cells = [percent(default, "test_acc") if default else "", percent(default, "val_acc") if default else "",
+             selection_cell(selected, folds)]
+    return f"| {name} | {' | '.join(cells)} | {errica} | {verdict} | {memgnn} | {'; '.join(times)} |", verdict
+
+
+def write_table(out: Path, select: Path, names: list[str], folds: int, overrides: list[str], target: Path) -> None:
+    """docs/results.md from the runs (and sweeps) of every dataset."""
+    lines = _header(folds, overrides)
+    verdicts = {}
     for name in names:
-        default, selected = kfold_result(out / name), selection_result(select / name)
-        errica, memgnn = ERRICA.get(name, "not reported"), MEMGNN.get(name, "not reported")
-        if default is None and selected is None:
-            reason = "not run: raw data not present here" if not raw_present(name) else "not run yet"
-            lines.append(f"| {name} | ({reason}) | | | {errica} | | {memgnn} | |")
-            continue
-        final = selected or default
-        verdict = "n/a"
-        if final["finished"] < folds:
-            verdict = f"unfinished: {final['finished']} of {folds} folds"
-        elif name in ERRICA_BEST:
-            verdict = "yes" if 100 * final["test_acc"] > ERRICA_BEST[name] else "no"
-            (beaten if verdict == "yes" else short).append(name)
-        times = [f"{label}{r['train_time_s'] / 60:.1f} min" for label, r in (("", default), ("grid ", selected)) if r]
-        cells = [percent(default, "test_acc") if default else "", percent(default, "val_acc") if default else "",
-                 selection_cell(selected, folds)]
-        lines.append(f"| {name} | {' | '.join(cells)} | {errica} | {verdict} | {memgnn} | {'; '.join(times)} |")
+        row, verdicts[name] = _row(name, kfold_result(out / name), selection_result(select / name), folds)
+        lines.append(row)
+    beaten = [name for name, verdict in verdicts.items() if verdict == "yes"]
+    short = [name for name, verdict in verdicts.items() if verdict == "no"]
     lines += [
         "",
         f"Above Errica et al.'s best row: {', '.join(beaten) or 'none'}. Below it: {', '.join(short) or 'none'}."
@@ -156,8 +167,7 @@ def write_table(out: Path, select: Path, names: list[str], folds: int, overrides
         "SELECT are the script's `--out` and `--select-out`.",
         "",
     ]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n".join(lines))
+    write_atomic(target, "\n".join(lines))
 
 
 def main() -> None:
