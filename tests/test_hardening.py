@@ -121,8 +121,10 @@ def test_an_incomplete_source_and_a_file_as_root_are_named(tmp_path, tiny_source
     (tmp_path / "afile").write_text("")
     with pytest.raises(DataError, match="is a file, not a folder"):
         load_tudataset("TINY", str(tmp_path / "afile"), str(tiny_source), URL)
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="could not download TINY .*MEMPOOL_DATA_SOURCE=.*nowhere does not exist"):
         load_tudataset("TINY", str(tmp_path / "cache"), str(tmp_path / "nowhere"), URL)
+    with pytest.raises(DataError, match="could not download OTHER .*MEMPOOL_DATA_SOURCE=.* has no OTHER/raw/"):
+        load_tudataset("OTHER", str(tmp_path / "cache"), str(tiny_source), URL)
 
 
 def test_a_read_only_cache_with_parsed_data_is_usable(tmp_path, tiny_source, monkeypatch):

@@ -128,8 +128,12 @@ def _download(name: str, url: str, raw_dir: Path, source: Optional[Path]) -> Non
             os.replace(file, raw_dir / file.name)
     except Exception as exc:  # the network and zip libraries raise many kinds
         files = ", ".join(f"{name}_{part}.txt" for part in REQUIRED_RAW_FILES)
-        where = (f"MEMPOOL_DATA_SOURCE={source} has no {name}/raw/" if source
-                 else f"or set MEMPOOL_DATA_SOURCE to a folder that holds {name}/raw/")
+        if source is None:
+            where = f"or set MEMPOOL_DATA_SOURCE to a folder that holds {name}/raw/"
+        elif source.is_dir():
+            where = f"(the offline source MEMPOOL_DATA_SOURCE={source} has no {name}/raw/)"
+        else:
+            where = f"(the offline source MEMPOOL_DATA_SOURCE={source} does not exist)"
         raise DataError(f"could not download {name} from {address} ({type(exc).__name__}: {exc}); put its raw "
                         f"files ({files}, ...) in {raw_dir}/ {where}") from exc
     finally:
@@ -238,10 +242,8 @@ def load_tudataset(name: str, root: str, source: Optional[str], url: str) -> TUG
         raise DataError(f"the dataset cache {root_dir} (dataset.root) is a file, not a folder")
     raw_dir = root_dir / name / "raw"
     source_dir = Path(os.path.expanduser(source)) if source else None
-    if source_dir is not None and not source_dir.is_dir():
-        raise DataError(f"the offline source {source_dir} (MEMPOOL_DATA_SOURCE) does not exist")
     with _locked(root_dir / f".{name}.lock"):
-        if source_dir is not None:
+        if source_dir is not None and source_dir.is_dir():
             _copy_from_source(source_dir, raw_dir, name)
         if not _raw_complete(raw_dir, name):
             _download(name, url, raw_dir, source_dir)
