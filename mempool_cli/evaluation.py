@@ -8,6 +8,8 @@ import torch
 
 from mempool_cli import data
 from mempool_cli.artifacts import load_checkpoint
+from mempool_cli.config import TrainSpec
+from mempool_cli.data.splits import check_split
 from mempool_cli.device import pick_device
 from mempool_cli.engine import evaluate, memory_stats
 from mempool_cli.errors import CheckpointError
@@ -37,6 +39,20 @@ def class_names(info: dict[str, Any]) -> list[str]:
     return info.get("class_names") or [str(c) for c in range(info["num_classes"])]
 
 
+def model_of(checkpoint: dict[str, Any], path: str | Path) -> torch.nn.Module:
+    """The checkpoint's model with its weights. The shapes are compared on the meta device first, so a checkpoint
+    can never make mempool allocate a model larger than the weights it holds."""
+    with torch.device("meta"):
+        skeleton = model_from_args(checkpoint["model_args"])
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    found = {name: tuple(torch.as_tensor(t).shape) for name, t in checkpoint["model_state"].items()}
+    if expected != found:
+        raise CheckpointError(f"{path}: its weights do not fit the model it describes (wrong shapes or names)")
+    model = model_from_args(checkpoint["model_args"])
+    model.load_state_dict(checkpoint["model_state"])
+    return model
+
+
 def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[str] = None,
                         device: str = "auto") -> dict[str, Any]:
     """Accuracy, loss, per-class precision/recall and confusion matrix of a checkpoint on one split.
@@ -45,18 +61,16 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[st
     recorded in the checkpoint.
     """
     checkpoint = load_checkpoint(path)
-    info, train_cfg = checkpoint["dataset"], checkpoint["config"]["train"]
+    info = checkpoint["dataset"]
+    train_cfg = TrainSpec(**{k: v for k, v in checkpoint["config"]["train"].items() if k in ("batch_size", "kl_weight")})
     if split not in checkpoint["split"]:
         raise CheckpointError(f"{path} holds no {split!r} split (it has: {', '.join(checkpoint['split'])})")
     torch_device = pick_device(device)
-    model = model_from_args(checkpoint["model_args"]).to(torch_device)
-    try:
-        model.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: its weights do not fit the model it describes (wrong shapes or names)") from exc
+    model = model_of(checkpoint, path).to(torch_device)
     graphs = data.from_checkpoint(info, root)
-    loader = data.make_loader(graphs, checkpoint["split"][split], train_cfg["batch_size"])
-    result = evaluate(model, loader, torch_device, train_cfg["kl_weight"])
+    check_split(checkpoint["split"], len(graphs), f"the split in {path}")
+    loader = data.make_loader(graphs, checkpoint["split"][split], train_cfg.batch_size)
+    result = evaluate(model, loader, torch_device, train_cfg.kl_weight)
     recorded = checkpoint["metrics"].get(f"{split}_acc")
     return {
         "checkpoint": str(path),

@@ -354,3 +354,22 @@ def test_a_sweep_with_one_impossible_value_runs_no_job(tmp_path, data_env):
                       f"hydra.sweep.dir={sweep}"], tmp_path, data_env)
     _one_line(result, "model.dropout=1.0", "model.dropout: must be in [0, 1)")
     assert not list(sweep.glob("*/metrics.json"))
+
+
+def test_a_hostile_checkpoint_cannot_allocate_or_index_past_its_data(finished, tmp_path, data_env):
+    from mempool_cli.artifacts import save_checkpoint
+    from mempool_cli.evaluation import evaluate_checkpoint
+
+    payload = torch.load(finished / "checkpoint.pt", weights_only=True)
+    huge = {**payload, "model_args": {**payload["model_args"], "hidden": 10**9}}
+    save_checkpoint(tmp_path / "huge.pt", huge)
+    with pytest.raises(CheckpointError, match="do not fit"):  # compared on the meta device: nothing allocated
+        evaluate_checkpoint(tmp_path / "huge.pt")
+    far = {**payload, "split": {**payload["split"], "test": [0, 10**6]}}
+    save_checkpoint(tmp_path / "far.pt", far)
+    with pytest.raises(DataError, match="graph indices"):
+        evaluate_checkpoint(tmp_path / "far.pt")
+    zero = {**payload, "config": {**payload["config"], "train": {**payload["config"]["train"], "batch_size": 0}}}
+    save_checkpoint(tmp_path / "zero.pt", zero)
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        evaluate_checkpoint(tmp_path / "zero.pt")
