@@ -258,6 +258,28 @@ def summarize(
         console.print(*tables)
 
 
+@app.command()
+def datasets(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+) -> None:
+    """List the datasets with a shipped preset, in the cache (MEMPOOL_DATA_ROOT) and in the offline source
+    (MEMPOOL_DATA_SOURCE), with graph and class counts where the raw files are present.
+
+    Example: MEMPOOL_DATA_SOURCE=../shared/data/TUDataset mempool datasets
+    """
+    from mempool_cli.catalog import dataset_rows
+    from mempool_cli.config import default_data_root, default_data_source
+    from mempool_cli.report import rows_table
+
+    root, source = Path(default_data_root()).expanduser(), default_data_source()
+    try:
+        rows = dataset_rows(root, Path(source).expanduser() if source else None)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    title = f"datasets (cache {root}; source {source or 'not set'})"
+    console.print(rows_table(rows, ("dataset", "preset", "cache", "source", "graphs", "classes"), title=title))
+
+
 def main() -> None:
     """Console-script entry point. Unless the user chose a wait policy, OpenMP threads spin only briefly before
     they sleep (set before torch loads): on a machine shared with other work, threads that spin while waiting made

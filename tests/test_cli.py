@@ -150,3 +150,12 @@ def test_real_mutag_from_shared(tmp_path):
     metrics = json.loads((_single_run_dir(tmp_path) / "metrics.json").read_text())
     majority = 125 / 188  # MUTAG's larger class
     assert metrics["dataset"] == "MUTAG" and metrics["val_acc"] > majority and metrics["test_acc"] > majority
+
+
+def test_datasets_lists_presets_cache_and_source(tmp_path, data_env):
+    result = run_cli(["datasets"], tmp_path, {**data_env, "COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    tiny = next(line for line in lines if " TINY " in line)
+    assert "48" in tiny and "yes" in tiny  # in the offline source, 48 graphs
+    assert any(" MUTAG " in line and "yes" in line for line in lines)  # a shipped preset

@@ -34,7 +34,8 @@ def test_read_only_commands_and_help_import_no_torch(tmp_path):
     (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
     summarize = f"from mempool_cli.cli import app\ntry: app(['summarize', {str(tmp_path)!r}])\nexcept SystemExit: pass"
     helped = "from mempool_cli.cli import app\ntry: app(['--help'])\nexcept SystemExit: pass"
-    for code in (summarize, helped, "import mempool_cli.config, mempool_cli.artifacts, mempool_cli.sweep"):
+    listed = "from mempool_cli.cli import app\ntry: app(['datasets'])\nexcept SystemExit: pass"
+    for code in (summarize, helped, listed, "import mempool_cli.config, mempool_cli.artifacts, mempool_cli.sweep"):
         assert "torch" not in _modules_after(code)
 
 
