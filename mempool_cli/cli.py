@@ -86,10 +86,11 @@ def _remove_created(run_dir: Path) -> None:
     """After a failed run, remove what it created: its folder (only what Hydra and the run's start wrote in it)
     unless that folder was there before, and the folders above it (such as ``runs/PROTEINS``) left empty, up to
     the working directory."""
+    from mempool_cli.artifacts import CONFIG, LOCK
     from mempool_cli.hydra_guard import existing_run_dirs
 
     run_dir = run_dir.absolute()
-    started = {".hydra", "train.log", "config.yaml", ".mempool.lock"}
+    started = {".hydra", "train.log", CONFIG, LOCK}
     if run_dir in existing_run_dirs or not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - started:
         return
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -104,9 +105,11 @@ def _how_to_go_on(spec, run_dir: str) -> str:
     """What an interrupted run's user can do next."""
     if spec.protocol.name == "kfold":
         return f"run the same command again with hydra.run.dir={run_dir} (finished folds are kept)"
-    if not (Path(run_dir) / "last.pt").exists():
+    from mempool_cli.artifacts import LAST
+
+    if not (Path(run_dir) / LAST).exists():
         return "no epoch had finished; run it again"
-    return f"continue with the same overrides and train.resume={Path(run_dir) / 'last.pt'}"
+    return f"continue with the same overrides and train.resume={Path(run_dir) / LAST}"
 
 
 def _show_kfold(run_dir: Path) -> None:

@@ -148,10 +148,11 @@ class DataSpec:
         check_choice("dataset.degree", self.degree, DEGREE_FEATURES)
         _positive("dataset.max_degree", self.max_degree)
 
+    RECIPE_KEYS = ("name", "node_attributes", "node_labels", "degree", "max_degree")
+
     def recipe(self) -> dict[str, Any]:
         """The feature recipe (what a checkpoint must know to featurise new graphs the same way)."""
-        keys = ("name", "node_attributes", "node_labels", "degree", "max_degree")
-        return {key: getattr(self, key) for key in keys}
+        return {key: getattr(self, key) for key in self.RECIPE_KEYS}
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mempool_cli.artifacts import CONFIG, FOLDS, LAST, METRICS, SPLIT, SUMMARY, fold_dir, load_checkpoint
-from mempool_cli.artifacts import clear_run, finished_files, locked_run_dir, read_json, read_yaml, write_json
+from mempool_cli.artifacts import clear_run, finished_files, locked_run_dir, read_yaml, write_json
 from mempool_cli.artifacts import write_yaml
 from mempool_cli.config import RunSpec, changed_settings
 from mempool_cli.data import Dataset
 from mempool_cli.data.splits import check_same_data, holdout_split, kfold_splits, read_split_file, split_metadata
 from mempool_cli.device import pick_device, set_threads
 from mempool_cli.errors import CheckpointError, ConfigError, RunDirError
-from mempool_cli.sweep import summarize_folds
+from mempool_cli.sweep import read_metrics, summarize_folds
 from mempool_cli.training import ProgressFactory, train_split
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _run_fold(spec: RunSpec, run_dir: Path, dataset: Dataset, fold: int, split: 
               progress: Optional[ProgressFactory]) -> dict[str, Any]:
     """One fold: skipped when finished, resumed from its ``last.pt`` when interrupted, else trained."""
     directory = fold_dir(run_dir, fold)
-    done = read_json(directory / METRICS)
+    done = read_metrics(directory / METRICS)
     if done is not None:
         log.info("fold %d already finished, skipped", fold)
         return done

@@ -55,7 +55,7 @@ def from_checkpoint(info: Mapping[str, Any], root: Optional[str] = None) -> Grap
     The data is looked up in ``root`` (default: ``$MEMPOOL_DATA_ROOT`` or the usual cache) and the offline source
     of ``$MEMPOOL_DATA_SOURCE``, never in paths or addresses read from the checkpoint.
     """
-    recipe = {key: info[key] for key in ("name", "node_attributes", "node_labels", "degree", "max_degree")}
+    recipe = {key: info[key] for key in DataSpec.RECIPE_KEYS}
     spec = DataSpec(**recipe, root=root or default_data_root(), source=default_data_source())
     dataset = Dataset.load(spec)
     check_same_data({"dataset": info["name"], "num_graphs": info["num_graphs"], "labels_hash": info["labels_hash"]},

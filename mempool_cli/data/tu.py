@@ -90,18 +90,20 @@ def _digest(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _copy_from_source(source: Path, raw_dir: Path, name: str) -> None:
+def _copy_from_source(source: Path, raw_dir: Path, name: str) -> Optional[str]:
     """Copy ``<source>/<name>/raw/`` into the cache when the cache lacks it or holds other files (a corrupt or
-    older copy); the source is only read, and nothing in the cache but the copied names is replaced."""
+    older copy); the source is only read, and nothing in the cache but the copied names is replaced. Returns the
+    digest of the raw files now in the cache (``None`` where the source lacks the dataset)."""
     src = source / name / "raw"
     if not src.is_dir():
-        return
+        return None
     if not _raw_complete(src, name):
         missing = [f"{name}_{part}.txt" for part in REQUIRED_RAW_FILES if not (src / f"{name}_{part}.txt").is_file()]
         raise DataError(f"the offline source {src} is incomplete: {', '.join(missing)} missing")
     files = _raw_files(src, name)
-    if _raw_files(raw_dir, name) and _digest(files) == _digest(_raw_files(raw_dir, name)):
-        return
+    digest = _digest(files)
+    if _raw_files(raw_dir, name) and _digest(_raw_files(raw_dir, name)) == digest:
+        return digest
     raw_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=raw_dir.parent, prefix=".raw-"))
     try:
@@ -111,6 +113,7 @@ def _copy_from_source(source: Path, raw_dir: Path, name: str) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("copied %s raw files from %s", name, src)
+    return _digest(_raw_files(raw_dir, name))
 
 
 def _download(name: str, url: str, raw_dir: Path, source: Optional[Path]) -> None:
@@ -221,8 +224,10 @@ def _save_cache(path: Path, fingerprint: str, graphs: dict[str, Any]) -> None:
         log.warning("could not write the dataset cache %s (%s)", path, exc.strerror or exc)
 
 
-def _graphs(name: str, raw_dir: Path) -> TUGraphs:
-    fingerprint = _digest(_raw_files(raw_dir, name))
+def _graphs(name: str, raw_dir: Path, fingerprint: Optional[str] = None) -> TUGraphs:
+    """The dataset from the cache file when it was made from these raw files (``fingerprint``: their digest,
+    computed here when not given), else parsed from them."""
+    fingerprint = fingerprint or _digest(_raw_files(raw_dir, name))
     cache = raw_dir.parent / "processed" / CACHE_FILE
     graphs = _load_cache(cache, fingerprint)
     if graphs is None:
@@ -243,8 +248,9 @@ def load_tudataset(name: str, root: str, source: Optional[str], url: str) -> TUG
     raw_dir = root_dir / name / "raw"
     source_dir = Path(os.path.expanduser(source)) if source else None
     with _locked(root_dir / f".{name}.lock"):
+        digest = None
         if source_dir is not None and source_dir.is_dir():
-            _copy_from_source(source_dir, raw_dir, name)
+            digest = _copy_from_source(source_dir, raw_dir, name)
         if not _raw_complete(raw_dir, name):
             _download(name, url, raw_dir, source_dir)
-        return _graphs(name, raw_dir)
+        return _graphs(name, raw_dir, digest)
