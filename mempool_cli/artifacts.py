@@ -37,6 +37,7 @@ SUMMARY = "summary.json"  # k-fold: per fold and aggregated
 CONFIG = "config.yaml"  # the resolved config
 TENSORBOARD = "tensorboard"
 FAILED = "failed.json"  # a sweep job that failed: its reason
+SKIPPED = "skipped.csv"  # the input's graphs that could not be read (left out): id, reason
 
 RUN_FILES = (CHECKPOINT, LAST, METRICS, HISTORY, SPLIT, FOLDS, SUMMARY)  # what a finished run leaves
 LOCK = ".mempool.lock"
@@ -51,6 +52,25 @@ REQUIRED_KEYS = ("model_args", "model_state", "config", "dataset", "split", "met
 def fold_dir(run_dir: Path, fold: int) -> Path:
     """The folder of one fold of a k-fold run (numbered from 0)."""
     return Path(run_dir) / f"fold_{fold}"
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Wait for and hold an exclusive lock on ``path`` (released when the holder exits, even when killed), so that
+    parallel jobs do not download, parse or build the same thing at once. Where the lock file cannot be made
+    (a read-only folder) nothing is held: nobody can change what is there."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -79,7 +99,7 @@ def clear_run(run_dir: Path) -> None:
     """Delete a previous run's files from ``run_dir``: only the names mempool writes, nothing else."""
     run_dir = Path(run_dir)
     for folder in [run_dir, *sorted(run_dir.glob("fold_*"))]:
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, SKIPPED):
             (folder / name).unlink(missing_ok=True)
         shutil.rmtree(folder / TENSORBOARD, ignore_errors=True)
         if folder != run_dir and folder.is_dir() and not any(folder.iterdir()):

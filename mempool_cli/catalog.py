@@ -6,11 +6,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
+from mempool_cli.config import DATA_KINDS  # configs/dataset/ entries that are kinds of input, not presets
+
 
 def preset_names() -> set[str]:
     """The datasets with a config in ``configs/dataset/`` (found in the installed package)."""
     folder = resources.files("mempool_cli.configs") / "dataset"
-    return {entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+    return {entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml")} - set(DATA_KINDS)
 
 
 def _raw_datasets(folder: Optional[Path]) -> dict[str, Path]:

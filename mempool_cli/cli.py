@@ -86,11 +86,11 @@ def _remove_created(run_dir: Path) -> None:
     """After a failed run, remove what it created: its folder (only what Hydra and the run's start wrote in it)
     unless that folder was there before, and the folders above it (such as ``runs/PROTEINS``) left empty, up to
     the working directory."""
-    from mempool_cli.artifacts import CONFIG, LOCK
+    from mempool_cli.artifacts import CONFIG, LOCK, SKIPPED
     from mempool_cli.hydra_guard import existing_run_dirs
 
     run_dir = run_dir.absolute()
-    started = {".hydra", "train.log", CONFIG, LOCK}
+    started = {".hydra", "train.log", CONFIG, LOCK, SKIPPED}
     if run_dir in existing_run_dirs or not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - started:
         return
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -216,6 +216,7 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="test | val | train: which stored split to evaluate."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset cache (default: $MEMPOOL_DATA_ROOT or ~/.cache/mempool/TUDataset)."),
+    data_path: Optional[str] = typer.Option(None, "--data", help="The file or folder trained on, where it has moved (default: the path the checkpoint records)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
 ) -> None:
@@ -229,7 +230,7 @@ def evaluate(
     try:
         if split not in ("test", "val", "train"):
             raise MempoolError(f"--split: unknown value {split!r}; choose one of: test, val, train")
-        result = evaluate_checkpoint(checkpoint, split, root=data_root, device=device)
+        result = evaluate_checkpoint(checkpoint, split, root=data_root, device=device, data_path=data_path)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     if as_json:
@@ -237,6 +238,45 @@ def evaluate(
     else:
         for table in eval_tables(result):
             console.print(table)
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint.pt, a run directory, or a k-fold run directory (all folds: mean probabilities)."),
+    input_path: str = typer.Argument(..., metavar="INPUT", help="Graphs of the checkpoint's kind: a .csv/.sdf of molecules, a folder of graph files or of TU files, or a TU dataset's name."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the predictions to this CSV file (id, prediction, p_<class>..., label)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (and every prediction) as JSON."),
+    part: Optional[str] = typer.Option(None, "--part", help="train | val | test: only the graphs that the split column trained with puts there."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Graphs per batch."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+) -> None:
+    """Predict the class of every graph in INPUT, read and featurised as the checkpoint's training data was.
+
+    Examples: mempool predict runs/solubility/<time>/checkpoint.pt new.csv --out predictions.csv
+
+              mempool predict runs/PROTEINS/<time> PROTEINS --json     (a k-fold run: every fold votes)
+    """
+    from mempool_cli.prediction import predict as run_predict
+    from mempool_cli.prediction import write_predictions
+    from mempool_cli.progress import batch_progress
+    from mempool_cli.report import prediction_tables
+
+    try:
+        with batch_progress(enabled=not as_json) as on_batch:
+            result = run_predict(checkpoint, input_path, device=device, batch_size=batch_size, on_batch=on_batch,
+                                 part=part)
+        if out is not None:
+            write_predictions(result, out)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for table in prediction_tables(result, show_rows=out is None):
+        console.print(table)
+    if out is not None:
+        console.print(f"predictions written to {out}")
 
 
 @app.command()

@@ -11,18 +11,20 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, get_type_hints
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mempool_cli.errors import ConfigError
 
 # Registries: the one list of each choice, used by the schema's checks, the error messages and the builders
 # (model.py, loop.py, data/), which look their builders up under these names.
-ENCODERS = ("gat", "gcn", "gin")
+ENCODERS = ("gat", "gcn", "gin", "gine")  # gine: GIN with edge features (molecules' bonds)
 NORMS = ("batch", "layer", "none")
 MEMORY_IMPLS = ("fast", "pyg")
-DEGREE_FEATURES = ("none", "onehot")
+DEGREE_FEATURES = ("auto", "none", "onehot")
+DATA_KINDS = ("tu", "molecules", "graphs")
 KL_SCHEDULES = ("paper", "joint")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("none", "plateau", "cosine")
@@ -130,28 +132,62 @@ def check_plain_name(key: str, value: str) -> None:
 # The run specification: frozen, checked when built.
 
 
+def dataset_name(name: Optional[str], kind: str, path: Optional[str]) -> str:
+    """The dataset's name: ``name`` when given, else taken from ``path`` (a TU folder's file prefix, a file's or
+    folder's stem), made a plain name."""
+    if name:
+        return name
+    if not path:
+        return kind
+    folder = Path(os.path.expanduser(path))
+    if kind == "tu":
+        prefixes = {f.name[: -len("_graph_indicator.txt")] for d in (folder, folder / "raw") if d.is_dir()
+                    for f in d.glob("*_graph_indicator.txt")}
+        if len(prefixes) == 1:
+            return prefixes.pop()
+    stem = folder.parent.name if folder.name == "raw" else folder.stem
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", stem).strip(".") or kind
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    """Which dataset, where it is cached and found, and its node-feature recipe."""
+    """Which dataset (a TU benchmark by name or folder, a molecules file, a folder of graph files), where it is
+    cached and found, how its files are read, and its node-feature recipe (``None``/``auto``: what the data has)."""
 
-    name: str
+    name: Optional[str] = None
+    kind: str = "tu"
+    path: Optional[str] = None
     root: str = DEFAULT_DATA_ROOT
     source: Optional[str] = None
     url: str = DEFAULT_DATA_URL
-    node_attributes: bool = True
-    node_labels: bool = True
-    degree: str = "none"
+    smiles_column: str = "smiles"
+    label_column: str = "label"
+    split_column: Optional[str] = None
+    id_column: Optional[str] = None
+    skip_invalid: bool = True
+    node_attributes: Optional[bool] = None
+    node_labels: Optional[bool] = None
+    degree: str = "auto"
     max_degree: int = 64
 
     def __post_init__(self) -> None:
+        check_choice("dataset.kind", self.kind, DATA_KINDS)
+        if self.kind != "tu" and not self.path:
+            raise ConfigError(f"dataset.path: dataset={self.kind} reads its graphs from a file or folder; "
+                              f"name it with dataset.path=...")
+        if self.kind == "tu" and not (self.name or self.path):
+            raise ConfigError("dataset.name: name a TU dataset (dataset.name=AIDS) or a folder (dataset.path=DIR)")
+        object.__setattr__(self, "name", dataset_name(self.name, self.kind, self.path))
         check_plain_name("dataset.name", self.name)
         check_choice("dataset.degree", self.degree, DEGREE_FEATURES)
         _positive("dataset.max_degree", self.max_degree)
 
-    RECIPE_KEYS = ("name", "node_attributes", "node_labels", "degree", "max_degree")
+    # what a checkpoint records to read and featurise new graphs the same way
+    RECIPE_KEYS = ("name", "kind", "smiles_column", "label_column", "split_column", "id_column", "node_attributes",
+                   "node_labels", "degree", "max_degree")
 
     def recipe(self) -> dict[str, Any]:
-        """The feature recipe (what a checkpoint must know to featurise new graphs the same way)."""
+        """The reading and feature settings (what a checkpoint must know to featurise new graphs the same way)."""
         return {key: getattr(self, key) for key in self.RECIPE_KEYS}
 
 
@@ -197,10 +233,14 @@ class ModelSpec:
             for i, value in enumerate(values):
                 _positive(f"model.memory.{key}[{i}]", value)
 
-    def model_args(self, num_features: int, num_classes: int) -> dict[str, Any]:
+    def model_args(self, num_features: int, num_classes: int, num_edge_features: int = 0) -> dict[str, Any]:
         """The model's constructor arguments as plain values (a checkpoint's ``model_args``)."""
+        if self.encoder == "gine" and not num_edge_features:
+            raise ConfigError("model.encoder: gine uses edge features, and this data has none (molecules have "
+                              "bond features); choose gin, gcn or gat")
         plain = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
-        return {"num_features": num_features, "num_classes": num_classes, **plain}
+        edges = {"num_edge_features": num_edge_features} if self.encoder == "gine" else {}
+        return {"num_features": num_features, "num_classes": num_classes, **edges, **plain}
 
     @classmethod
     def from_model_args(cls, args: Mapping[str, Any]) -> "ModelSpec":
@@ -312,7 +352,7 @@ def _schema(spec: type, **defaults: Any) -> type:
         (f.name, hints[f.name], field(default=defaults.get(f.name, f.default))) for f in fields(spec)])
 
 
-DatasetConfig = _schema(DataSpec, name=MISSING, root=f"${{oc.env:MEMPOOL_DATA_ROOT,'{DEFAULT_DATA_ROOT}'}}",
+DatasetConfig = _schema(DataSpec, root=f"${{oc.env:MEMPOOL_DATA_ROOT,'{DEFAULT_DATA_ROOT}'}}",
                         source="${oc.env:MEMPOOL_DATA_SOURCE,null}")
 OptimConfig = _schema(OptimSpec)
 TrainConfig = _schema(TrainSpec)
@@ -336,6 +376,7 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="schema", node=Config)
+    OmegaConf.register_new_resolver("mempool.dataset_name", dataset_name, replace=True)
 
 
 def _model_spec(model: Mapping[str, Any]) -> ModelSpec:

@@ -39,7 +39,7 @@ def train_epoch(
     seen = 0
     for step, data in enumerate(loader, start=1):
         data = data.to(device)
-        logits, layer_kls = model(data.x, data.edge_index, data.batch, data.num_graphs)
+        logits, layer_kls = model(data.x, data.edge_index, data.batch, data.num_graphs, data.edge_attr)
         ce = F.cross_entropy(logits, data.y)
         kl = layer_kls.sum()
         loss = ce + kl_weight * kl
@@ -71,7 +71,7 @@ def evaluate(model: MemGNN, loader: DataLoader, device: torch.device, kl_weight:
     preds, targets = [], []
     for data in loader:
         data = data.to(device)
-        logits, layer_kls = model(data.x, data.edge_index, data.batch, data.num_graphs)
+        logits, layer_kls = model(data.x, data.edge_index, data.batch, data.num_graphs, data.edge_attr)
         kl = layer_kls.sum()
         ce_sum += F.cross_entropy(logits, data.y, reduction="sum").item()
         kl_sum += kl.item() * data.num_graphs
@@ -110,7 +110,8 @@ def memory_stats(model: MemGNN, loader: DataLoader, device: torch.device) -> lis
     per_layer: list[list[Tensor]] = [[] for _ in model.memory]
     for data in loader:
         data = data.to(device)
-        _, _, assignments = model.forward_with_assignments(data.x, data.edge_index, data.batch, data.num_graphs)
+        _, _, assignments = model.forward_with_assignments(data.x, data.edge_index, data.batch, data.num_graphs,
+                                                         data.edge_attr)
         for store, S in zip(per_layer, assignments):
             store.append(S.cpu())
     return [{"layer": i, **assignment_stats(S)} for i, S in enumerate(per_layer)]

@@ -54,11 +54,11 @@ def model_of(checkpoint: dict[str, Any], path: str | Path) -> torch.nn.Module:
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[str] = None,
-                        device: str = "auto") -> dict[str, Any]:
+                        device: str = "auto", data_path: Optional[str] = None) -> dict[str, Any]:
     """Accuracy, loss, per-class precision/recall and confusion matrix of a checkpoint on one split.
 
-    The data comes from ``root`` (default: the usual cache) and ``$MEMPOOL_DATA_SOURCE``, never from paths
-    recorded in the checkpoint.
+    A TU dataset by name comes from ``root`` (default: the usual cache) and ``$MEMPOOL_DATA_SOURCE``; data read
+    from a file or folder from ``data_path`` or the path recorded in the checkpoint. It must be the data trained on.
     """
     checkpoint = load_checkpoint(path)
     info = checkpoint["dataset"]
@@ -67,7 +67,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[st
         raise CheckpointError(f"{path} holds no {split!r} split (it has: {', '.join(checkpoint['split'])})")
     torch_device = pick_device(device)
     model = model_of(checkpoint, path).to(torch_device)
-    graphs = data.from_checkpoint(info, root)
+    graphs = data.from_checkpoint(info, root, data_path)
     check_split(checkpoint["split"], len(graphs), f"the split in {path}")
     loader = data.make_loader(graphs, checkpoint["split"][split], train_cfg.batch_size)
     result = evaluate(model, loader, torch_device, train_cfg.kl_weight)

@@ -15,13 +15,15 @@ from mempool_cli.config import ModelSpec, registry
 from mempool_cli.nn import MemPooling
 
 
-def _gin(hidden: int) -> nn.Module:
-    mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, hidden))
-    return pyg_nn.GINConv(mlp, train_eps=True)
+def _mlp(hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, hidden))
 
 
-CONVS = registry(config.ENCODERS, gin=_gin, gcn=lambda hidden: pyg_nn.GCNConv(hidden, hidden),
-                 gat=lambda hidden: pyg_nn.GATConv(hidden, hidden, heads=4, concat=False))
+# each builder: (hidden, edge feature count) -> conv; only gine reads edge features
+CONVS = registry(config.ENCODERS, gin=lambda hidden, _: pyg_nn.GINConv(_mlp(hidden), train_eps=True),
+                 gine=lambda hidden, edges: pyg_nn.GINEConv(_mlp(hidden), train_eps=True, edge_dim=edges),
+                 gcn=lambda hidden, _: pyg_nn.GCNConv(hidden, hidden),
+                 gat=lambda hidden, _: pyg_nn.GATConv(hidden, hidden, heads=4, concat=False))
 NORMS = registry(config.NORMS, batch=nn.BatchNorm1d, layer=nn.LayerNorm, none=lambda hidden: nn.Identity())
 MEMORY_LAYERS = registry(config.MEMORY_IMPLS, fast=MemPooling, pyg=pyg_nn.MemPooling)
 # the structure-agnostic path beside the memory: the input features pooled over each graph
@@ -51,12 +53,13 @@ class MemGNN(nn.Module):
         head_init: Optional[float] = None,
         key_init: str = "uniform",
         readout: str = "none",
+        num_edge_features: int = 0,
     ):
         super().__init__()
         self.dropout, self.memory_norm, self.memory_radius, self.key_init = dropout, memory_norm, memory_radius, key_init
-        self.readout = readout
+        self.readout, self.uses_edges = readout, encoder == "gine"
         self.embed = nn.Linear(num_features, hidden)
-        self.convs = nn.ModuleList(CONVS[encoder](hidden) for _ in range(layers))
+        self.convs = nn.ModuleList(CONVS[encoder](hidden, num_edge_features) for _ in range(layers))
         self.norms = nn.ModuleList(NORMS[norm](hidden) for _ in range(layers))
         memory_layer = MEMORY_LAYERS[memory_impl]
         sizes = [hidden] + [memory_hidden] * len(clusters)
@@ -75,13 +78,14 @@ class MemGNN(nn.Module):
         """The memory keys: in the paper's schedule, the parameters learned by the KL loss only."""
         return [layer.k for layer in self.memory]
 
-    def encode(self, x: Tensor, edge_index: Tensor) -> Tensor:
+    def encode(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor] = None) -> Tensor:
         """Node embeddings ``[N, hidden]``, as the first memory layer sees them: with ``memory_norm="sphere"`` on
         a sphere of radius ``memory_radius``; with ``"batch"`` standardised per feature (batch norm without
         affine) and scaled to a typical norm of ``memory_radius``."""
         x = self.embed(x)
+        edges = (edge_attr,) if self.uses_edges else ()
         for conv, norm in zip(self.convs, self.norms):
-            h = F.relu(norm(conv(x, edge_index)))
+            h = F.relu(norm(conv(x, edge_index, *edges)))
             x = x + F.dropout(h, self.dropout, training=self.training)
         if self.memory_norm == "sphere":
             x = F.normalize(x, dim=-1) * self.memory_radius
@@ -90,7 +94,7 @@ class MemGNN(nn.Module):
         return x
 
     @torch.no_grad()
-    def init_keys(self, x: Tensor, edge_index: Tensor, seed: int = 0) -> None:
+    def init_keys(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor] = None, seed: int = 0) -> None:
         """Set every head's keys of the first memory layer to k-means centres of these nodes' embeddings, as DEC
         initialises its centres: one k-means run per head, seeded apart, its centres matched to the first head's
         (key j of every head then stands for the same cluster, so the heads' votes add up)."""
@@ -99,7 +103,7 @@ class MemGNN(nn.Module):
 
         layer, saved, dropout = self.memory[0], copy.deepcopy(self.state_dict()), self.dropout
         self.dropout = 0.0  # embeddings as training computes them (batch statistics), without dropout noise
-        points = self.encode(x, edge_index).double().cpu().numpy()
+        points = self.encode(x, edge_index, edge_attr).double().cpu().numpy()
         self.load_state_dict(saved)  # the batch norms' running statistics as they were
         self.dropout = dropout
         first = None
@@ -122,16 +126,17 @@ class MemGNN(nn.Module):
             layer.split_key_grad = enabled
         return True
 
-    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, batch_size: int,
+                edge_attr: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Class logits ``[B, classes]`` and the KL loss of each memory layer ``[layers]``."""
-        logits, kls, _ = self.forward_with_assignments(x, edge_index, batch, batch_size)
+        logits, kls, _ = self.forward_with_assignments(x, edge_index, batch, batch_size, edge_attr)
         return logits, kls
 
-    def forward_with_assignments(self, x: Tensor, edge_index: Tensor, batch: Tensor,
-                                 batch_size: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def forward_with_assignments(self, x: Tensor, edge_index: Tensor, batch: Tensor, batch_size: int,
+                                 edge_attr: Optional[Tensor] = None) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Logits, KL losses and each memory layer's assignments: ``[N, K]`` per node for the first layer,
         ``[B, K_prev, K]`` per cluster for the later ones."""
-        h = self.encode(x, edge_index)
+        h = self.encode(x, edge_index, edge_attr)
         kls, assignments = [], []
         for i, layer in enumerate(self.memory):
             h, S = layer(h, batch, batch_size=batch_size) if i == 0 else layer(h)
@@ -145,13 +150,15 @@ class MemGNN(nn.Module):
         return self.classifier(features), torch.stack(kls), assignments
 
 
-def build_model(spec: ModelSpec, num_features: int, num_classes: int) -> MemGNN:
-    """The classifier of ``spec`` for inputs of ``num_features`` and ``num_classes`` classes."""
-    return MemGNN(**spec.model_args(num_features, num_classes))
+def build_model(spec: ModelSpec, num_features: int, num_classes: int, num_edge_features: int = 0) -> MemGNN:
+    """The classifier of ``spec`` for inputs of ``num_features`` (and ``num_edge_features``) and ``num_classes``
+    classes."""
+    return MemGNN(**spec.model_args(num_features, num_classes, num_edge_features))
 
 
 def model_from_args(model_args: Mapping[str, Any]) -> MemGNN:
     """The classifier of a checkpoint's ``model_args``, its spec checked like any other."""
     spec = ModelSpec.from_model_args(model_args)
-    return build_model(spec, model_args["num_features"], model_args["num_classes"])
+    return build_model(spec, model_args["num_features"], model_args["num_classes"],
+                       model_args.get("num_edge_features", 0))
 

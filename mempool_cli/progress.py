@@ -1,7 +1,8 @@
 """Live training progress on the console: a rich display on a terminal, plain lines otherwise."""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Callable, Iterator, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -77,3 +78,17 @@ def progress_factory(console: Console, enabled: bool):
         return None
     reporter = RichReporter if console.is_terminal else PlainReporter
     return lambda title, epochs, batches: reporter(console, title, epochs, batches)
+
+
+@contextlib.contextmanager
+def batch_progress(enabled: bool = True, console: Optional[Console] = None) -> Iterator[Optional[Callable]]:
+    """A bar of graphs done for long work (``predict``), shown on a terminal only; yields its callback
+    ``(done, total)`` or ``None``."""
+    console = console or Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("graphs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("graphs", total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)

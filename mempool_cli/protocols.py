@@ -12,10 +12,11 @@ from typing import Any, Optional
 
 from mempool_cli.artifacts import CONFIG, FOLDS, LAST, METRICS, SPLIT, SUMMARY, fold_dir, load_checkpoint
 from mempool_cli.artifacts import clear_run, finished_files, locked_run_dir, read_yaml, write_json
-from mempool_cli.artifacts import write_yaml
+from mempool_cli.artifacts import SKIPPED, csv_text, write_atomic, write_yaml
 from mempool_cli.config import RunSpec, changed_settings
 from mempool_cli.data import Dataset
-from mempool_cli.data.splits import check_same_data, holdout_split, kfold_splits, read_split_file, split_metadata
+from mempool_cli.data.splits import check_same_data, holdout_split, kfold_splits, own_split, read_split_file
+from mempool_cli.data.splits import split_metadata
 from mempool_cli.device import pick_device, set_threads
 from mempool_cli.errors import CheckpointError, ConfigError, RunDirError
 from mempool_cli.sweep import read_metrics, summarize_folds
@@ -70,9 +71,14 @@ def preflight(spec: RunSpec, run_dir: str | Path) -> Optional[dict[str, Any]]:
 
 
 def _holdout_split(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
-    """The split to train: reused from ``protocol.split_file`` when that file exists, else drawn (and saved)."""
-    name, labels = spec.data.name, dataset.labels
+    """The split to train: the data's own (a split column), reused from ``protocol.split_file`` when that file
+    exists, else drawn (and saved)."""
+    name, labels = dataset.name, dataset.labels
     target = Path(spec.protocol.split_file) if spec.protocol.split_file else None
+    if dataset.source.split is not None:
+        split = own_split(dataset.source.split, labels, spec.protocol.val_fraction, spec.seed)
+        return {"meta": split_metadata(name, labels, spec.seed, protocol="holdout", split="the data's own"),
+                "split": split}
     if target is not None and target.exists():
         return read_split_file(target, name, labels, "split")
     split = holdout_split(labels, spec.protocol.val_fraction, spec.protocol.test_fraction, spec.seed)
@@ -86,13 +92,16 @@ def _holdout_payload(spec: RunSpec, dataset: Dataset, resume: Optional[dict[str,
     """The split to train and its metadata: the checkpoint's own when resuming."""
     if resume is None:
         return _holdout_split(spec, dataset)
-    check_same_data(resume["split_meta"], spec.data.name, dataset.labels, f"train.resume {spec.train.resume}")
+    check_same_data(resume["split_meta"], dataset.name, dataset.labels, f"train.resume {spec.train.resume}")
     return {"meta": resume["split_meta"], "split": resume["split"]}
 
 
 def _folds(spec: RunSpec, dataset: Dataset, run_dir: Path) -> tuple[list[dict], dict]:
     """Fold assignments, written once (``protocol.split_file`` or ``folds.json``) and reused after."""
-    name, labels, k = spec.data.name, dataset.labels, spec.protocol.folds
+    name, labels, k = dataset.name, dataset.labels, spec.protocol.folds
+    if dataset.source.split is not None:
+        raise ConfigError(f"protocol=kfold: dataset.split_column={spec.data.split_column} fixes the split; use "
+                          "protocol=holdout with it, or leave the column out to draw the folds")
     target = Path(spec.protocol.split_file) if spec.protocol.split_file else run_dir / FOLDS
     if target.exists():
         payload = read_split_file(target, name, labels, "folds")
@@ -127,11 +136,20 @@ def _run_folds(spec: RunSpec, run_dir: Path, dataset: Dataset, folds: list[dict]
     """Every fold in turn, then ``summary.json`` (per fold and aggregated) and ``metrics.json`` (the means)."""
     per_fold = [{"fold": i, **_run_fold(spec, run_dir, dataset, i, split, meta, progress)}
                 for i, split in enumerate(folds)]
-    summary = {"dataset": spec.data.name, "protocol": "kfold", **summarize_folds(per_fold), "per_fold": per_fold}
+    summary = {"dataset": dataset.name, "protocol": "kfold", **summarize_folds(per_fold), "per_fold": per_fold}
     write_json(run_dir / SUMMARY, summary)
     metrics = {key: value for key, value in summary.items() if key != "per_fold"}
     write_json(run_dir / METRICS, metrics)
     return metrics
+
+
+def _report_skipped(dataset: Dataset, run_dir: Path) -> None:
+    """Graphs of the input that could not be read are left out, never silently: a warning and ``skipped.csv``."""
+    skipped = dataset.source.skipped
+    if skipped:
+        write_atomic(run_dir / SKIPPED, csv_text([{"id": i, "reason": r} for i, r, _ in skipped], ("id", "reason")))
+        log.warning("left out %d graphs of %s that cannot be read (the first, %s: %s); all in %s", len(skipped),
+                    dataset.name, skipped[0][0], skipped[0][1], run_dir / SKIPPED)
 
 
 def train(spec: RunSpec, run_dir: str | Path, progress: Optional[ProgressFactory] = None) -> dict[str, Any]:
@@ -149,6 +167,7 @@ def train(spec: RunSpec, run_dir: str | Path, progress: Optional[ProgressFactory
         if spec.train.overwrite:
             clear_run(run_dir)
         write_yaml(run_dir / CONFIG, spec.config)
+        _report_skipped(dataset, run_dir)
         if spec.protocol.name == "holdout":
             write_json(run_dir / SPLIT, payload)
             return train_split(spec, run_dir, dataset, payload["split"], payload["meta"], progress, resume=resume)

@@ -32,13 +32,48 @@ def eval_tables(result: dict[str, Any]) -> list[Table]:
         per_class.add_column(column, justify="right")
     for row in result["per_class"]:
         per_class.add_row(*(_fmt(row[c]) for c in ("class", "precision", "recall", "support")))
+    confusion = confusion_table(result["class_names"], result["confusion_matrix"])
+    return [summary, per_class, confusion, memory_table(result["memory"])]
+
+
+def confusion_table(class_names: Sequence[str], matrix: Sequence[Sequence[int]]) -> Table:
+    """Rows: true class, columns: predicted class."""
     confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
     confusion.add_column("")
-    for name in result["class_names"]:
+    for name in class_names:
         confusion.add_column(name, justify="right")
-    for name, row in zip(result["class_names"], result["confusion_matrix"]):
+    for name, row in zip(class_names, matrix):
         confusion.add_row(name, *(str(v) for v in row))
-    return [summary, per_class, confusion, memory_table(result["memory"])]
+    return confusion
+
+
+PREDICTION_ROWS_SHOWN = 20
+
+
+def prediction_tables(result: dict[str, Any], show_rows: bool) -> list[Table]:
+    """What ``predict`` did (checkpoints, speed, unreadable graphs, unseen values), the first predictions when
+    they go nowhere else, and with labels the accuracy and confusion matrix."""
+    keys = ("input", "ensemble", "num_graphs", "unreadable", "seconds", "graphs_per_s", "accuracy")
+    tables = [metrics_table({k: result[k] for k in keys if k in result}, title="prediction")]
+    unseen = [{"column": column, "value": value, "count": count}
+              for column, values in result["unseen_values"].items() for value, count in values.items()]
+    if unseen:
+        tables.append(rows_table(unseen, ("column", "value", "count"),
+                                 title="values unseen in training (featurised as all-zero one-hot rows)"))
+    failed = [row for row in result["rows"] if "error" in row]
+    if failed:
+        tables.append(rows_table(failed[:PREDICTION_ROWS_SHOWN], ("id", "error"),
+                                 title=f"graphs that could not be read ({len(failed)}; no prediction)"))
+    if show_rows:
+        rows = [row for row in result["rows"] if "error" not in row]
+        columns = ["id", "prediction", *(f"p_{n}" for n in result["class_names"])]
+        columns += ["label"] if "accuracy" in result else []
+        more = f"; first {PREDICTION_ROWS_SHOWN} of {len(rows)}, all with --out FILE.csv" \
+            if len(rows) > PREDICTION_ROWS_SHOWN else ""
+        tables.append(rows_table(rows[:PREDICTION_ROWS_SHOWN], columns, title=f"predictions{more}"))
+    if "accuracy" in result:
+        tables.append(confusion_table(result["class_names"], result["confusion_matrix"]))
+    return tables
 
 
 MEMORY_COLUMNS = ("layer", "clusters", "mean_max_assignment", "normalized_entropy", "keys_used")

@@ -23,15 +23,15 @@ PARTS = ("train", "val", "test")
 KEY_INIT_GRAPHS = 256  # training graphs whose node embeddings seed the memory keys (key_init=kmeans)
 
 
-def _final_metrics(spec: RunSpec, state: TrainState, graphs: GraphSet, split: dict[str, list[int]],
-                   device: torch.device) -> dict[str, Any]:
+def _final_metrics(spec: RunSpec, name: str, state: TrainState, graphs: GraphSet,
+                   split: dict[str, list[int]], device: torch.device) -> dict[str, Any]:
     """Accuracy and loss of the best-validation weights on each part of the split."""
     state.model.load_state_dict(state.best_model_state)
     loaders = {part: make_loader(graphs, split[part], spec.train.batch_size) for part in PARTS}
     results = {part: evaluate(state.model, loader, device, spec.train.kl_weight) for part, loader in loaders.items()}
     memory = memory_stats(state.model, loaders["test"], device)
     return {
-        "dataset": spec.data.name,
+        "dataset": name,
         "best_epoch": state.best["epoch"],
         "epochs_run": state.epoch,
         **{f"{part}_acc": result["acc"] for part, result in results.items()},
@@ -55,16 +55,17 @@ def train_split(spec: RunSpec, run_dir: Path, dataset: Dataset, split: dict[str,
     stats = resume["dataset"]["feature_stats"] if resume else dataset.fit_features(split["train"])
     graphs = dataset.featurize(stats)
     seed_everything(spec.seed)
-    model = build_model(spec.model, graphs.num_features, graphs.num_classes).to(device)
+    model = build_model(spec.model, graphs.num_features, graphs.num_classes, graphs.num_edge_features).to(device)
     state = TrainState.create(model, spec.optim, spec.train.epochs, spec.seed)
     if resume:
         state.load_state_dict(resume)
     elif spec.model.key_init == "kmeans":
         sample = Batch.from_data_list([graphs.graphs[i] for i in split["train"][:KEY_INIT_GRAPHS]]).to(device)
-        model.init_keys(sample.x, sample.edge_index, seed=spec.seed)
+        model.init_keys(sample.x, sample.edge_index, sample.edge_attr, seed=spec.seed)
     train_loader = make_loader(graphs, split["train"], spec.train.batch_size, shuffle=True, generator=state.generator)
     val_loader = make_loader(graphs, split["val"], spec.train.batch_size)
-    base = {"model_args": spec.model.model_args(graphs.num_features, graphs.num_classes), "config": spec.config,
+    base = {"model_args": spec.model.model_args(graphs.num_features, graphs.num_classes, graphs.num_edge_features),
+            "config": spec.config,
             "dataset": dataset.describe(graphs, stats), "split": split, "split_meta": split_meta}
     callbacks = [EarlyStopping(spec.train.patience), Checkpointer(run_dir, base),
                  TensorBoardLogger(run_dir / TENSORBOARD, result_settings(spec.config)),
@@ -74,7 +75,7 @@ def train_split(spec: RunSpec, run_dir: Path, dataset: Dataset, split: dict[str,
     if device.type == "cpu" and spec.model.memory_impl == "fast":
         kernels.cpu_kernels()  # a first-use build happens here, outside the timed training
     fit(state, train_loader, val_loader, spec.train, device, callbacks)
-    metrics = _final_metrics(spec, state, graphs, split, device)
+    metrics = _final_metrics(spec, dataset.name, state, graphs, split, device)
     for callback in callbacks:
         callback.on_results(state, metrics)
     write_json(run_dir / METRICS, metrics)

@@ -60,7 +60,7 @@ def test_the_atomic_writer_leaves_the_old_file_or_the_new_one(tmp_path, monkeypa
 
 
 def test_registries_refuse_builders_that_do_not_match():
-    assert set(registry(ENCODERS, gat=1, gcn=2, gin=3)) == set(ENCODERS)
+    assert set(registry(ENCODERS, gat=1, gcn=2, gin=3, gine=4)) == set(ENCODERS)
     with pytest.raises(AssertionError):
         registry(ENCODERS, gat=1, gcn=2)
 

@@ -1,11 +1,14 @@
-"""One data path: load a dataset, fit the feature statistics on the training part, featurise, make loaders.
+"""One data path: read a dataset of any kind, fit the feature statistics on the training part, featurise, make
+loaders.
 
-Training, ``eval`` and every later command go through :class:`Dataset` (and :func:`from_checkpoint`, which rebuilds
-the training features from a checkpoint alone), so every command sees the features that training saw.
+Training, ``eval`` and ``predict`` go through :class:`Dataset`, :func:`from_checkpoint` (the training data
+featurised from a checkpoint alone) and :func:`read_input` (new graphs read and featurised as the checkpoint's
+data was), so every command sees the features that training saw.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
@@ -13,54 +16,157 @@ from torch import Tensor
 from torch_geometric.loader import DataLoader
 
 from mempool_cli.config import DataSpec, default_data_root, default_data_source
-from mempool_cli.data.features import GraphSet, featurize, fit_feature_stats
+from mempool_cli.data.features import GraphSet, featurize, fit_feature_stats, resolve_recipe, vocabulary
+from mempool_cli.data.source import NO_LABEL, SourceGraphs
 from mempool_cli.data.splits import check_same_data, labels_hash
-from mempool_cli.data.tu import load_tudataset
+from mempool_cli.errors import DataError
 
-__all__ = ["Dataset", "GraphSet", "from_checkpoint", "make_loader"]
+__all__ = ["Dataset", "GraphSet", "SourceGraphs", "from_checkpoint", "make_loader", "featurize_input", "read_input", "read_source"]
+
+
+def read_source(spec: DataSpec, labelled: bool = True) -> SourceGraphs:
+    """The graphs that ``spec`` names: a TU dataset (by name or folder), a molecules file or graph files."""
+    if spec.kind == "molecules":
+        from mempool_cli.data.molecules import read_molecules
+
+        return read_molecules(spec, labelled)
+    if spec.kind == "graphs":
+        from mempool_cli.data.graph_files import read_graph_files
+
+        return read_graph_files(spec, labelled)
+    from mempool_cli.data.tu import load_tu_folder, load_tudataset
+
+    if spec.path:
+        return load_tu_folder(spec.path, spec.name)
+    return load_tudataset(spec.name, spec.root, spec.source, spec.url)
 
 
 @dataclass
 class Dataset:
-    """A loaded dataset: its spec (name, place, feature recipe), the raw graphs and the label of each graph."""
+    """A loaded dataset: its spec, its source graphs and the feature recipe resolved for them."""
 
     spec: DataSpec
-    raw: Any
-    labels: Tensor
+    source: SourceGraphs
+    recipe: dict[str, Any]
 
     @classmethod
     def load(cls, spec: DataSpec) -> "Dataset":
-        """Load the dataset that ``spec`` names (cache, offline source or download)."""
-        raw = load_tudataset(spec.name, spec.root, spec.source, spec.url)
-        return cls(spec, raw, torch.cat([g.y.view(-1) for g in raw]))
+        """Load the dataset that ``spec`` names (cache, offline source, download, or the files at its path)."""
+        source = read_source(spec)
+        if not source.labelled:
+            raise DataError(f"{source.name}: training needs a label for every graph")
+        return cls(spec, source, resolve_recipe(source, spec.recipe()))
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def labels(self) -> Tensor:
+        return self.source.labels
 
     def fit_features(self, train_index: list[int]) -> dict[str, list]:
         """The feature statistics of the training graphs (the only ones they may come from)."""
-        return fit_feature_stats(self.raw, self.spec.recipe(), train_index)
+        return fit_feature_stats(self.source, self.recipe, train_index)
 
     def featurize(self, stats: Mapping[str, list]) -> GraphSet:
         """Every graph with the recipe's node features, standardised with ``stats``."""
-        return featurize(self.raw, self.spec.recipe(), stats)
+        return featurize(self.source, self.recipe, stats)
 
     def describe(self, graphs: GraphSet, stats: Mapping[str, list]) -> dict[str, Any]:
         """What a checkpoint records to featurise graphs the same way and to recognise this data again."""
-        return {**self.spec.recipe(), "num_graphs": len(graphs), "num_classes": graphs.num_classes,
-                "num_features": graphs.num_features, "feature_stats": dict(stats),
-                "labels_hash": labels_hash(self.labels), "class_names": list(self.raw.class_names)}
+        path = str(Path(self.spec.path).expanduser().resolve()) if self.spec.path else None
+        return {**self.recipe, "name": self.name, "path": path, "num_graphs": len(graphs),
+                "num_classes": graphs.num_classes, "num_features": graphs.num_features,
+                "num_edge_features": graphs.num_edge_features, "feature_stats": dict(stats),
+                "labels_hash": labels_hash(self.labels), "class_names": list(self.source.class_names),
+                "attr_names": self.source.attr_names, "cat_names": self.source.cat_names}
 
 
-def from_checkpoint(info: Mapping[str, Any], root: Optional[str] = None) -> GraphSet:
+def _reading_spec(info: Mapping[str, Any], path: Optional[str], root: Optional[str]) -> DataSpec:
+    """A data spec that reads like the checkpoint's data did (its recipe and columns), from ``path``."""
+    defaults = DataSpec(name=info["name"])
+    recipe = {key: info.get(key, getattr(defaults, key)) for key in DataSpec.RECIPE_KEYS}
+    return DataSpec(**recipe, path=path, root=root or default_data_root(), source=default_data_source())
+
+
+def _stats(info: Mapping[str, Any], source: SourceGraphs) -> dict[str, list]:
+    """The checkpoint's feature statistics (older checkpoints lack the vocabularies: they were the data's own)."""
+    stats = dict(info["feature_stats"])
+    stats.setdefault("vocab", [vocabulary(v) for v in source.cat_values])
+    stats.setdefault("edge_vocab", [])
+    return stats
+
+
+def _checked_path(path: str) -> str:
+    """A path recorded in a checkpoint, used only when it is a plain file or folder (never a device or a pipe)."""
+    target = Path(path)
+    if not (target.is_file() or target.is_dir()):
+        raise DataError(f"the checkpoint's data {path} is not there (or not a plain file or folder); "
+                        "name it with --data PATH")
+    return path
+
+
+def from_checkpoint(info: Mapping[str, Any], root: Optional[str] = None, data: Optional[str] = None) -> GraphSet:
     """The graphs of a checkpoint's dataset (its ``dataset`` entry), featurised exactly as in training.
 
-    The data is looked up in ``root`` (default: ``$MEMPOOL_DATA_ROOT`` or the usual cache) and the offline source
-    of ``$MEMPOOL_DATA_SOURCE``, never in paths or addresses read from the checkpoint.
+    A TU dataset by name is looked up in ``root`` (default: ``$MEMPOOL_DATA_ROOT`` or the usual cache) and the
+    offline source of ``$MEMPOOL_DATA_SOURCE``; data read from a path comes from ``data`` or the recorded path
+    (a plain file or folder). Either way it must be the data trained on (same graphs, same labels).
     """
-    recipe = {key: info[key] for key in DataSpec.RECIPE_KEYS}
-    spec = DataSpec(**recipe, root=root or default_data_root(), source=default_data_source())
-    dataset = Dataset.load(spec)
+    path = data or (_checked_path(info["path"]) if info.get("path") else None)
+    spec = _reading_spec(info, path, root)
+    source = read_source(spec)
     check_same_data({"dataset": info["name"], "num_graphs": info["num_graphs"], "labels_hash": info["labels_hash"]},
-                    spec.name, dataset.labels, f"dataset {spec.name} in {spec.root}")
-    return dataset.featurize(info["feature_stats"])
+                    source.name, source.labels, f"dataset {source.name} in {path or spec.root}")
+    return featurize(source, _resolved(info), _stats(info, source))
+
+
+def _resolved(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The feature recipe a checkpoint was trained with (its automatic choices made)."""
+    return {key: info[key] for key in ("node_attributes", "node_labels", "degree", "max_degree")}
+
+
+def read_input(info: Mapping[str, Any], path: str, part: Optional[str] = None) -> SourceGraphs:
+    """New graphs at ``path`` (a file or folder of the checkpoint's data kind, or a TU dataset's name), read as the
+    checkpoint's training data was; with ``part``, only the graphs that the split column (the one trained with)
+    puts in that part. Labels, where the input has them, are mapped to the checkpoint's classes by name (``-1``:
+    no label)."""
+    target = Path(path).expanduser()
+    if not target.exists() and (info.get("kind", "tu") != "tu" or "/" in path):
+        raise DataError(f"{path}: no such file or folder")
+    spec = _reading_spec(info, str(target) if target.exists() else None, None)
+    if spec.path is None:
+        spec = replace(spec, name=path)
+    if part not in (None, "train", "val", "test"):
+        raise DataError(f"--part: unknown value {part!r}; choose one of: train, val, test")
+    if part is not None and not info.get("split_column"):
+        raise DataError("--part: the checkpoint's data had no split column (dataset.split_column) to pick a part by")
+    split_column = info.get("split_column") if part is not None else None
+    source = read_source(replace(spec, split_column=split_column, skip_invalid=True), labelled=False)
+    if part is not None:
+        source = source.part(part)
+    _map_labels(source, info.get("class_names") or [str(c) for c in range(info["num_classes"])], path)
+    return source
+
+
+def featurize_input(info: Mapping[str, Any], source: SourceGraphs) -> GraphSet:
+    """Graphs read by :func:`read_input`, featurised with the checkpoint's recipe, statistics and vocabularies."""
+    return featurize(source, _resolved(info), _stats(info, source), num_classes=info["num_classes"])
+
+
+def _map_labels(source: SourceGraphs, class_names: list[str], path: str) -> None:
+    """Relabel the input's graphs with the checkpoint's class indices; a class the model does not know is
+    refused, naming it."""
+    if not source.class_names:
+        return
+    unknown = sorted(set(source.class_names) - set(class_names))
+    if unknown:
+        raise DataError(f"{path}: the label {unknown[0]!r} is not one of the model's classes "
+                        f"({', '.join(class_names)})")
+    mapping = torch.tensor([class_names.index(name) for name in source.class_names] + [NO_LABEL])
+    for g in source.graphs:
+        g.y = mapping[g.y]
 
 
 def make_loader(graphs: GraphSet, index: list[int], batch_size: int, shuffle: bool = False,

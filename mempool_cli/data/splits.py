@@ -39,6 +39,19 @@ def holdout_split(labels: Tensor, val_fraction: float, test_fraction: float, see
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
+def own_split(split: dict[str, list[int]], labels: Tensor, val_fraction: float, seed: int) -> dict[str, list[int]]:
+    """The data's own split; where it has no validation part, one is carved (stratified) from its training part."""
+    if not split["train"] or not split["test"]:
+        raise DataError(f"dataset.split_column: the data's split needs train and test graphs (it has "
+                        f"{len(split['train'])} train, {len(split['test'])} test)")
+    if split["val"]:
+        return {part: sorted(split[part]) for part in PARTS}
+    y = labels.tolist()
+    train, val = _stratified(split["train"], val_fraction, [y[i] for i in split["train"]], seed,
+                             "protocol.val_fraction")
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(split["test"])}
+
+
 def kfold_splits(labels: Tensor, folds: int, val_fraction: float, seed: int) -> list[dict[str, list[int]]]:
     """Stratified k-fold: each fold's test part once, a stratified validation part carved from its training part."""
     y = labels.numpy()

@@ -7,8 +7,6 @@ unpickled. PyG's own ``processed/data.pt`` is never read.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import io
 import logging
@@ -16,59 +14,23 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch_geometric.data import Data, InMemoryDataset
 from torch_geometric.data.download import download_url
 from torch_geometric.data.extract import extract_zip
 from torch_geometric.io import read_tu_data
 
-from mempool_cli.artifacts import write_atomic
+from mempool_cli.artifacts import waiting_lock, write_atomic
+from mempool_cli.data.source import NO_LABEL, SourceGraphs, graph
 from mempool_cli.errors import DataError
 
 log = logging.getLogger(__name__)
 
 REQUIRED_RAW_FILES = ("A", "graph_indicator", "graph_labels")
 CACHE_FILE = "mempool-graphs.pt"
-CACHE_VERSION = 2  # 2: the class names
-
-
-class TUGraphs(InMemoryDataset):
-    """The graphs of one TU dataset in PyG's collated form (``x`` = continuous attributes, then one-hot labels)."""
-
-    def __init__(self, name: str, data: Data, slices: dict, sizes: dict[str, int], raw_folder: Path,
-                 class_names: list[str]):
-        super().__init__(None)
-        self.name, self.sizes, self.raw_folder, self.class_names = name, sizes, Path(raw_folder), class_names
-        self.data, self.slices = data, slices
-
-    @property
-    def num_node_labels(self) -> int:
-        return self.sizes["num_node_labels"]
-
-    @property
-    def num_node_attributes(self) -> int:
-        return self.sizes["num_node_attributes"]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock, so parallel jobs do not download or parse one dataset at the same time. A cache
-    that cannot be written (read-only) is used without one: nobody can change it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")
-    except OSError:
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+CACHE_VERSION = 3  # 2: the class names; 3: node attributes and raw node labels apart
 
 
 def _raw_files(raw_dir: Path, name: str) -> list[Path]:
@@ -163,11 +125,11 @@ def _check_line_counts(raw_dir: Path, name: str) -> None:
         raise DataError(f"{name}_A.txt names nodes outside 1..{nodes} (or has a line without two ids)")
 
 
-def _check_consistent(name: str, data: Data, slices: dict) -> None:
+def _check_consistent(name: str, data: Any, slices: dict, labelled: bool) -> None:
     """Refuse raw files that do not describe the same graphs (a file cut short, ids out of range)."""
     counts = slices["x"].diff() if "x" in slices else torch.as_tensor(data._num_nodes)
     graphs, nodes = counts.numel(), int(counts.sum())
-    if data.y is None or data.y.size(0) != graphs:
+    if labelled and (data.y is None or data.y.size(0) != graphs):
         found = 0 if data.y is None else data.y.size(0)
         raise DataError(f"{name}_graph_labels.txt has {found} labels but {name}_graph_indicator.txt "
                         f"names {graphs} graphs: a raw file is incomplete")
@@ -180,8 +142,20 @@ def _check_consistent(name: str, data: Data, slices: dict) -> None:
         raise DataError(f"{name}_A.txt names nodes outside their graph (or outside 1..{nodes})")
 
 
+def _node_labels(path: Path, nodes: int) -> Optional[torch.Tensor]:
+    """The node labels as the file writes them (``[N, columns]`` integers), or ``None`` without the file."""
+    if not path.is_file():
+        return None
+    try:
+        values = np.array(path.read_bytes().replace(b",", b" ").split(), dtype=np.int64)
+        return torch.from_numpy(values.reshape(nodes, -1))
+    except ValueError as exc:
+        raise DataError(f"{path.name}: node labels must be integers, one row per node ({exc})") from exc
+
+
 def _parse(raw_dir: Path, name: str) -> dict[str, Any]:
     """Parse and check the raw files; returns the tensors that the cache file holds."""
+    labelled = (raw_dir / f"{name}_graph_labels.txt").is_file()
     try:
         _check_line_counts(raw_dir, name)
         data, slices, sizes = read_tu_data(str(raw_dir), name)
@@ -189,11 +163,13 @@ def _parse(raw_dir: Path, name: str) -> dict[str, Any]:
         raise
     except Exception as exc:  # malformed numbers; PyG's parser raises many kinds
         raise DataError(f"cannot read dataset {name} in {raw_dir}: {type(exc).__name__}: {exc}") from exc
-    _check_consistent(name, data, slices)
+    _check_consistent(name, data, slices, labelled)
     node_counts = slices["x"].diff() if "x" in slices else torch.as_tensor(data._num_nodes)
-    return {"x": data.x, "edge_index": data.edge_index, "y": data.y, "node_counts": node_counts,
-            "slices": {key: value for key, value in slices.items()}, "sizes": dict(sizes),
-            "class_names": _class_names(raw_dir / f"{name}_graph_labels.txt")}
+    num_attr = sizes["num_node_attributes"]
+    return {"attr": data.x[:, :num_attr] if num_attr else None, "edge_index": data.edge_index,
+            "y": data.y if labelled else None, "node_counts": node_counts, "edge_counts": slices["edge_index"].diff(),
+            "node_labels": _node_labels(raw_dir / f"{name}_node_labels.txt", int(node_counts.sum())),
+            "class_names": _class_names(raw_dir / f"{name}_graph_labels.txt") if labelled else []}
 
 
 def _class_names(path: Path) -> list[str]:
@@ -224,30 +200,66 @@ def _save_cache(path: Path, fingerprint: str, graphs: dict[str, Any]) -> None:
         log.warning("could not write the dataset cache %s (%s)", path, exc.strerror or exc)
 
 
-def _graphs(name: str, raw_dir: Path, fingerprint: Optional[str] = None) -> TUGraphs:
+def _source(name: str, parsed: dict[str, Any]) -> SourceGraphs:
+    """The parsed tensors as source graphs (node labels as codes into their values as written)."""
+    node_counts, edge_counts = parsed["node_counts"].tolist(), parsed["edge_counts"].tolist()
+    labels, attr = parsed["node_labels"], parsed["attr"]
+    cat_values: list[list[str]] = []
+    if labels is not None:
+        columns = [labels[:, c].unique(return_inverse=True) for c in range(labels.size(1))]
+        cat_values = [[str(v) for v in values.tolist()] for values, _ in columns]
+        labels = torch.stack([codes for _, codes in columns], dim=1)
+    no_parts = [None] * len(node_counts)
+    cats = labels.split(node_counts) if labels is not None else no_parts
+    attrs = attr.split(node_counts) if attr is not None else no_parts
+    edges = parsed["edge_index"].split(edge_counts, dim=1)
+    y = parsed["y"].tolist() if parsed["y"] is not None else [NO_LABEL] * len(node_counts)
+    graphs = [graph(e, n, label, attr=a, cat=c) for n, e, label, a, c in zip(node_counts, edges, y, attrs, cats)]
+    return SourceGraphs(
+        name=name, graphs=graphs, ids=[str(i) for i in range(len(graphs))], class_names=parsed["class_names"],
+        attr_names=[f"attribute {i}" for i in range(attr.size(1))] if attr is not None else [],
+        cat_names=[f"node label {c}" if len(cat_values) > 1 else "node label" for c in range(len(cat_values))],
+        cat_values=cat_values)
+
+
+def _graphs(name: str, raw_dir: Path, fingerprint: Optional[str] = None) -> SourceGraphs:
     """The dataset from the cache file when it was made from these raw files (``fingerprint``: their digest,
     computed here when not given), else parsed from them."""
     fingerprint = fingerprint or _digest(_raw_files(raw_dir, name))
     cache = raw_dir.parent / "processed" / CACHE_FILE
-    graphs = _load_cache(cache, fingerprint)
-    if graphs is None:
-        graphs = _parse(raw_dir, name)
-        _save_cache(cache, fingerprint, graphs)
-    data = Data(x=graphs["x"], edge_index=graphs["edge_index"], y=graphs["y"])
-    if graphs["x"] is None:
-        data._num_nodes = graphs["node_counts"].tolist()
-        data.num_nodes = int(graphs["node_counts"].sum())
-    return TUGraphs(name, data, graphs["slices"], graphs["sizes"], raw_dir, graphs["class_names"])
+    parsed = _load_cache(cache, fingerprint)
+    if parsed is None:
+        parsed = _parse(raw_dir, name)
+        _save_cache(cache, fingerprint, parsed)
+    return _source(name, parsed)
 
 
-def load_tudataset(name: str, root: str, source: Optional[str], url: str) -> TUGraphs:
+def load_tu_folder(path: str, name: Optional[str] = None) -> SourceGraphs:
+    """A TU-format folder at any path (``NAME_A.txt``, ...; or those files under ``raw/``), read in place: nothing
+    is written there. ``name`` picks the files when the folder holds several datasets."""
+    folder = Path(os.path.expanduser(path))
+    raw_dir = next((d for d in (folder, folder / "raw") if d.is_dir() and list(d.glob("*_A.txt"))), None)
+    if raw_dir is None:
+        raise DataError(f"{folder} holds no TU files (NAME_A.txt, NAME_graph_indicator.txt, ...)")
+    names = sorted(f.name[: -len("_A.txt")] for f in raw_dir.glob("*_A.txt"))
+    if name not in names:
+        if len(names) != 1:
+            raise DataError(f"{raw_dir} holds the TU datasets {', '.join(names)}; name one with dataset.name=...")
+        name = names[0]
+    missing = [part for part in ("A", "graph_indicator") if not (raw_dir / f"{name}_{part}.txt").is_file()]
+    if missing:
+        raise DataError(f"{raw_dir}: {name}_{missing[0]}.txt is missing")
+    return _source(name, _parse(raw_dir, name))
+
+
+def load_tudataset(name: str, root: str, source: Optional[str], url: str) -> SourceGraphs:
     """Load a TU benchmark into ``root``: from an offline ``source`` copy when it has it, else by download."""
     root_dir = Path(os.path.expanduser(root)).resolve()
     if root_dir.exists() and not root_dir.is_dir():
         raise DataError(f"the dataset cache {root_dir} (dataset.root) is a file, not a folder")
     raw_dir = root_dir / name / "raw"
     source_dir = Path(os.path.expanduser(source)) if source else None
-    with _locked(root_dir / f".{name}.lock"):
+    with waiting_lock(root_dir / f".{name}.lock"):
         digest = None
         if source_dir is not None and source_dir.is_dir():
             digest = _copy_from_source(source_dir, raw_dir, name)

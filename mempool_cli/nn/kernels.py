@@ -16,10 +16,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mempool_cli.artifacts import waiting_lock
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "mem_pool.cpp"
 SWITCH = "MEMPOOL_COMPILED_KERNELS"
+# held while building or loading: PyTorch's own lock file outlives a build that is killed (every later run
+# would wait for it forever); this one is released when its holder exits
+BUILD_LOCK = ".mempool-build.lock"
 
 # vector instructions to compile for, by what PyTorch found on this CPU; the build is named after them, so
 # machines sharing a cache folder never load a build their CPU cannot run
@@ -41,9 +46,11 @@ def cpu_kernels():
         if not any(build_dir.glob("*.so")):
             log.info("building MemPooling's compiled CPU kernels in %s (first use only, about half a minute)",
                      build_dir)
-        return cpp_extension.load(name, [str(SOURCE)], build_directory=str(build_dir),
-                                  extra_cflags=["-O3", "-fopenmp", *VECTOR_FLAGS.get(capability, [])],
-                                  extra_ldflags=["-fopenmp"])
+        with waiting_lock(build_dir / BUILD_LOCK):
+            (build_dir / "lock").unlink(missing_ok=True)  # PyTorch's own lock, left behind by a killed build
+            return cpp_extension.load(name, [str(SOURCE)], build_directory=str(build_dir),
+                                      extra_cflags=["-O3", "-fopenmp", *VECTOR_FLAGS.get(capability, [])],
+                                      extra_ldflags=["-fopenmp"])
     except (OSError, RuntimeError, ImportError) as error:
         reason = str(error).strip().splitlines()[0].split(":")[0] if str(error).strip() else type(error).__name__
         log.warning("MemPooling's compiled CPU kernels are unavailable (%s); using PyTorch operations "
