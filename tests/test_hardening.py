@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -373,3 +374,21 @@ def test_a_hostile_checkpoint_cannot_allocate_or_index_past_its_data(finished, t
     save_checkpoint(tmp_path / "zero.pt", zero)
     with pytest.raises(ConfigError, match="train.batch_size"):
         evaluate_checkpoint(tmp_path / "zero.pt")
+
+
+def test_a_kernel_build_killed_midway_does_not_hang_later_runs(tmp_path):
+    """PyTorch's build lock outlives a killed build; mempool's own lock (released on exit) replaces it."""
+    import subprocess
+    import sys
+
+    from mempool_cli.nn import kernels
+
+    if kernels.cpu_kernels() is None:
+        pytest.skip("no compiled kernels on this machine")
+    built = next(Path(p).parent for p in [kernels.cpu_kernels().__file__])
+    copy = tmp_path / built.name
+    shutil.copytree(built, copy)
+    (copy / "lock").touch()  # what a build killed midway leaves behind
+    probe = "from mempool_cli.nn import kernels; assert kernels.cpu_kernels() is not None"
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", probe], env=env, check=True, timeout=240)

@@ -166,10 +166,12 @@ def test_tu_folder_at_a_path_is_read_in_place_and_predicted(tmp_path):
     try:
         metrics = _train(["dataset=tu", f"dataset.path={folder}", "train.epochs=2"], tmp_path / "run")
         result = predict(tmp_path / "run", str(folder))
+        evaluated = evaluate_checkpoint(tmp_path / "run" / "checkpoint.pt", "test")
     finally:
         folder.chmod(0o755)
         folder.parent.chmod(0o755)
     assert metrics["dataset"] == "RINGS" and _listing(folder.parent) == before
+    assert evaluated["accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-6)
     assert result["num_graphs"] == 48 and result["class_names"] == ["0", "1"] and "accuracy" in result
 
 
@@ -209,6 +211,9 @@ def test_graph_files_train_and_predict_without_labels(tmp_path):
     metrics = _train(["dataset=graphs", f"dataset.path={folder}", "train.epochs=2"], tmp_path / "run")
     skipped = list(csv.DictReader(open(tmp_path / "run" / "skipped.csv")))
     assert metrics["dataset"] == "graphs" and [r["id"] for r in skipped] == ["broken.graphml"]
+    evaluated = evaluate_checkpoint(tmp_path / "run" / "checkpoint.pt", "test")
+    assert evaluated["accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-6)
+    assert evaluated["class_names"] == ["chain", "ring"]
     unlabelled = write_graph_files(tmp_path / "new", count=6, labelled=False)
     result = predict(tmp_path / "run", str(unlabelled))
     assert result["num_graphs"] == 6 and result["unreadable"] == 1 and "accuracy" not in result
