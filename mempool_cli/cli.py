@@ -280,6 +280,55 @@ def predict(
 
 
 @app.command()
+def show(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint.pt, a run directory, or a k-fold run directory."),
+    graph: list[str] = typer.Option([], "--graph", help="A graph to draw: its position in the split (3) or its id; repeat for more (default: the first two)."),
+    split: str = typer.Option("test", "--split", help="test | val | train: the stored split to draw from."),
+    input_path: Optional[str] = typer.Option(None, "--input", help="Draw graphs of this input instead (anything `predict` takes); --graph names their ids."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="For a k-fold run: the fold (default: the best validation accuracy)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the figures (default: figures/ beside the checkpoint)."),
+    fmt: str = typer.Option("png", "--format", help="png | svg"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+) -> None:
+    """Draw what the memory learned: chosen graphs coloured by cluster with their coarsened graph, and for the
+    split the mean assignment mass per class and key and each key's usage. Prints the files written.
+
+    Example: mempool show runs/MUTAG/<time> --graph 0 --graph 5
+    """
+    from mempool_cli.show import pick_checkpoint
+    from mempool_cli.show import show as draw
+
+    try:
+        folder = out or pick_checkpoint(checkpoint, fold).parent / "figures"
+        written = draw(checkpoint, graph, split, folder, fmt, fold, input_path, device)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    print("\n".join(str(path) for path in written))
+
+
+@app.command()
+def plot(
+    path: Path = typer.Argument(..., help="A run, k-fold run or sweep directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the figures (default: PATH/figures)."),
+    fmt: str = typer.Option("png", "--format", help="png | svg"),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+) -> None:
+    """Plot a run's curves (loss, accuracy, KL, learning rate), a k-fold run's folds, or a sweep's accuracy per
+    parameter, from the files they leave. Prints the files written.
+
+    Example: mempool plot runs/PROTEINS/<time>
+    """
+    from mempool_cli.plots import plot as draw
+
+    try:
+        written = draw(path, out, fmt)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    print("\n".join(str(p) for p in written))
+
+
+@app.command()
 def summarize(
     path: Path = typer.Argument(..., help="A sweep directory (multirun/<time>) or a k-fold run directory."),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),

@@ -21,7 +21,8 @@ from mempool_cli.data.source import NO_LABEL, SourceGraphs
 from mempool_cli.data.splits import check_same_data, labels_hash
 from mempool_cli.errors import DataError
 
-__all__ = ["Dataset", "GraphSet", "SourceGraphs", "from_checkpoint", "make_loader", "featurize_input", "read_input", "read_source"]
+__all__ = ["Dataset", "GraphSet", "SourceGraphs", "checkpoint_data", "featurize_input", "from_checkpoint", "make_loader",
+           "read_input", "read_source"]
 
 
 def read_source(spec: DataSpec, labelled: bool = True) -> SourceGraphs:
@@ -108,7 +109,13 @@ def _checked_path(path: str) -> str:
 
 
 def from_checkpoint(info: Mapping[str, Any], root: Optional[str] = None, data: Optional[str] = None) -> GraphSet:
-    """The graphs of a checkpoint's dataset (its ``dataset`` entry), featurised exactly as in training.
+    """The graphs of a checkpoint's dataset, featurised exactly as in training (see :func:`checkpoint_data`)."""
+    return checkpoint_data(info, root, data)[1]
+
+
+def checkpoint_data(info: Mapping[str, Any], root: Optional[str] = None,
+                    data: Optional[str] = None) -> tuple[SourceGraphs, GraphSet]:
+    """The graphs of a checkpoint's dataset (its ``dataset`` entry) as read and featurised exactly as in training.
 
     A TU dataset by name is looked up in ``root`` (default: ``$MEMPOOL_DATA_ROOT`` or the usual cache) and the
     offline source of ``$MEMPOOL_DATA_SOURCE``; data read from a path comes from ``data`` or the recorded path
@@ -119,7 +126,7 @@ def from_checkpoint(info: Mapping[str, Any], root: Optional[str] = None, data: O
     source = read_source(spec)
     check_same_data({"dataset": info["name"], "num_graphs": info["num_graphs"], "labels_hash": info["labels_hash"]},
                     source.name, source.labels, f"dataset {source.name} in {path or spec.root}")
-    return featurize(source, _resolved(info), _stats(info, source))
+    return source, featurize(source, _resolved(info), _stats(info, source))
 
 
 def _resolved(info: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """Molecules from a CSV of SMILES or an SDF file, parsed by RDKit into graphs with categorical atom and bond values.
+Each graph keeps its ``structure`` (the SMILES, or the SDF record's mol block) for drawings.
 
 The atom values follow OGB's and PyG's ``from_smiles``: element, degree, formal charge, hydrogens, aromaticity,
 hybridisation, ring membership; the bond values: bond type, conjugation, ring membership. A molecule RDKit cannot
@@ -18,6 +19,20 @@ from mempool_cli.errors import DataError
 ATOM_VALUES = ("element", "degree", "formal charge", "hydrogens", "aromatic", "hybridisation", "in ring")
 BOND_VALUES = ("bond type", "conjugated", "bond in ring")
 INSTALL = "pip install 'mempool[molecules]' (or pip install rdkit)"
+
+
+def depiction(structure: str) -> tuple[list[str], dict[int, tuple[float, float]]]:
+    """The atoms' symbols and 2D positions of a molecule read from its ``structure`` (the SDF record's own
+    coordinates, else RDKit's depiction), in the atom order of the graph."""
+    chem = _chem()
+    from rdkit.Chem import rdDepictor
+
+    mol = chem.MolFromMolBlock(structure) if "\n" in structure else chem.MolFromSmiles(structure)
+    if mol.GetNumConformers() == 0 or not mol.GetConformer().GetPositions().any():
+        rdDepictor.Compute2DCoords(mol)
+    xy = mol.GetConformer().GetPositions()[:, :2]
+    positions = {i: (float(x), float(y)) for i, (x, y) in enumerate(xy)}
+    return [atom.GetSymbol() for atom in mol.GetAtoms()], positions
 
 
 def _chem() -> Any:
@@ -110,6 +125,7 @@ def read_molecules(spec: Any, labelled: bool = True) -> SourceGraphs:
             skipped.append((rid, f"line {line}: {reason}", row.get(spec.split_column) if spec.split_column else None))
             continue
         graphs.append(make(mol, NO_LABEL))
+        graphs[-1].structure = item if csv_file else chem.MolToMolBlock(mol)  # for drawings (`mempool show`)
         ids.append(rid)
         labels.append(label)
         parts.append(row.get(spec.split_column) if spec.split_column else None)

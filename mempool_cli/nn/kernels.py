@@ -8,6 +8,7 @@ same formulas with PyTorch operations.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -39,7 +40,10 @@ def cpu_kernels():
     from torch.utils import cpp_extension
 
     capability = torch.backends.cpu.get_cpu_capability()
-    name = "mempool_kernels_" + re.sub(r"\W", "_", f"{torch.__version__}_{capability}")
+    # one build per installed copy (the source's path is in the build's commands: two copies sharing a build folder
+    # would rebuild each other's, half a minute each time)
+    place = hashlib.sha1(str(SOURCE.resolve()).encode()).hexdigest()[:8]
+    name = "mempool_kernels_" + re.sub(r"\W", "_", f"{torch.__version__}_{capability}_{place}")
     build_dir = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")).expanduser() / name
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
