@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from mempool_cli.artifacts import CHECKPOINT, LAST, csv_text, save_checkpoint, write_atomic
 from mempool_cli.loop import Callback, TrainState
@@ -34,8 +35,29 @@ class Checkpointer(Callback):
         self._save_best(state, state.best["epoch"], metrics)
 
 
+HPARAM_METRICS = ("hparam/val_acc", "hparam/test_acc")
+
+
+def write_hparams(writer: SummaryWriter, hparams: dict[str, Any]) -> None:
+    """Start a row of TensorBoard's HPARAMS tab: the run's settings, its metrics filled in as scalars later."""
+    experiment, start, end = hparams_summary(hparams, dict.fromkeys(HPARAM_METRICS, 0.0))
+    for summary in (experiment, start, end):
+        writer.file_writer.add_summary(summary)
+
+
+def write_kfold_hparams(log_dir: Path, hparams: dict[str, Any], summary: dict[str, Any]) -> None:
+    """One HPARAMS row for a whole k-fold run: its settings with the folds' mean accuracies."""
+    with SummaryWriter(str(log_dir)) as writer:
+        write_hparams(writer, {**hparams, "folds": summary["folds"]})
+        writer.add_scalar("hparam/val_acc", summary["val_acc"], 0)
+        writer.add_scalar("hparam/test_acc", summary["test_acc"], 0)
+        writer.add_scalar("hparam/test_acc_std", summary["test_acc_std"], 0)
+
+
 class TensorBoardLogger(Callback):
-    """Every epoch scalar under its name; at the end ``test/acc`` and the run's hyperparameters (HPARAMS tab)."""
+    """Every epoch scalar under its name; the run's settings as a row of the HPARAMS tab from the start, with the
+    best validation accuracy so far after every epoch (so interrupted runs compare too) and ``test/acc`` at the
+    end."""
 
     def __init__(self, log_dir: Path, hparams: dict[str, Any]):
         self.log_dir, self.hparams = Path(log_dir), hparams
@@ -43,18 +65,19 @@ class TensorBoardLogger(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         self.writer = SummaryWriter(str(self.log_dir))
+        write_hparams(self.writer, self.hparams)
 
     def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
         for tag, value in stats.items():
             self.writer.add_scalar(tag, value, state.epoch)
+        self.writer.add_scalar("hparam/val_acc", state.best["val_acc"], state.epoch)
 
     def on_fit_end(self, state: TrainState) -> None:
         self.writer.flush()
 
     def on_results(self, state: TrainState, metrics: dict[str, Any]) -> None:
         self.writer.add_scalar("test/acc", metrics["test_acc"], state.best["epoch"])
-        self.writer.add_hparams(self.hparams, {"hparam/val_acc": metrics["val_acc"],
-                                               "hparam/test_acc": metrics["test_acc"]}, run_name=".")
+        self.writer.add_scalar("hparam/test_acc", metrics["test_acc"], state.epoch)
         self.writer.close()
 
 

@@ -6,11 +6,24 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from mempool_cli.config import DATA_KINDS  # configs/dataset/ entries that are kinds of input, not presets
+
+CONFIG_GROUPS = ("dataset", "model", "optim", "train", "protocol", "hydra/launcher", "hydra/sweeper")
+
+
+def config_choices() -> dict[str, list[str]]:
+    """Each config group's choices (the YAML files of ``configs/<group>/`` in the installed package)."""
+    root = resources.files("mempool_cli.configs")
+    choices = {}
+    for group in CONFIG_GROUPS:
+        folder = root.joinpath(*group.split("/"))
+        choices[group] = sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
+    return choices
 
 
 def preset_names() -> set[str]:
     """The datasets with a config in ``configs/dataset/`` (found in the installed package)."""
+    from mempool_cli.config import DATA_KINDS  # entries of configs/dataset/ that are kinds of input, not presets
+
     folder = resources.files("mempool_cli.configs") / "dataset"
     return {entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml")} - set(DATA_KINDS)
 

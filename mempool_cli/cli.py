@@ -5,8 +5,9 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -17,13 +18,16 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
-    help="Graph classification with memory-based pooling (MemPooling) on TU benchmarks.\n\n"
+    help="Graph classification with memory-based pooling (MemPooling) on TU benchmarks and your own graphs.\n\n"
     "Examples:\n\n"
     "  mempool train dataset=MUTAG\n\n"
     "  mempool eval runs/MUTAG/<time>/checkpoint.pt\n\n"
+    "  mempool predict runs/MUTAG/<time> new_graphs/ --out predictions.csv\n\n"
+    "  mempool show runs/MUTAG/<time>      mempool plot runs/MUTAG/<time>\n\n"
     "  mempool train -m model.memory.tau=0.5,1,2\n\n"
     "  mempool summarize multirun/<time>",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -31,19 +35,19 @@ app = typer.Typer(
 
 TRAIN_HELP = """Train a model; every argument is a Hydra override.
 
+\b
 Examples:
-
-  mempool train dataset=ENZYMES model.encoder=gin model.hidden=64 'model.memory.clusters=[10,1]'
-
+  mempool train dataset=ENZYMES model.hidden=64 'model.memory.clusters=[10,1]'
   mempool train dataset=MUTAG train.epochs=50 seed=3
-
-  mempool train -m model.memory.tau=0.5,1,2          (a sweep: one job per value)
-
-  mempool train dataset=PROTEINS protocol=kfold      (stratified 10-fold cross-validation)
-
-  mempool train --cfg job dataset=MUTAG              (print the composed config and stop)
-
+  mempool train -m model.memory.tau=10,30,100     (a sweep: one job per value)
+  mempool train dataset=PROTEINS protocol=kfold   (stratified 10-fold CV)
+  mempool train dataset=molecules dataset.path=mols.csv dataset.label_column=y
+  mempool train --cfg job dataset=MUTAG           (print the config and stop)
   mempool train train.resume=runs/MUTAG/<time>/last.pt
+
+\b
+Config groups (GROUP=CHOICE; every key: mempool train --cfg job):
+{groups}
 
 Hydra's own flags work as in any Hydra app: -m/--multirun, --cfg job|hydra|all, --info, --hydra-help.
 Offline data: MEMPOOL_DATA_SOURCE=<folder with NAME/raw/> copies raw files into the cache
@@ -77,7 +81,7 @@ def _report(exc: BaseException) -> int:
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
-    if debug:
+    if debug or _debug:
         raise exc
     raise typer.Exit(_report(exc))
 
@@ -124,7 +128,25 @@ def _show_kfold(run_dir: Path) -> None:
         console.print(mean_std_table(summary, title="mean +- std over finished folds"))
 
 
-_debug = False  # set by `train --debug`: errors inside the Hydra job keep their traceback
+_debug = False  # set by `--debug` (before or after the command): errors keep their traceback
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"mempool {version('mempool')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (any command)."),
+    show_version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                      help="Print mempool's version and stop."),
+) -> None:
+    global _debug
+    _debug = _debug or debug
 
 
 def train_job(cfg) -> float:
@@ -187,13 +209,21 @@ def _hydra_train():
     return hydra.main(version_base="1.3", config_path="pkg://mempool_cli.configs", config_name="config")(train_job)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, help=TRAIN_HELP)
+def _train_help() -> str:
+    from mempool_cli.catalog import config_choices
+
+    groups = "\n".join(textwrap.fill(", ".join(names), 78, initial_indent=f"  {group}: ",
+                                      subsequent_indent="    ") for group, names in config_choices().items())
+    return TRAIN_HELP.format(groups=groups)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, help=_train_help())
 def train(
     ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
 ) -> None:
     global _debug
-    _debug = debug = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    _debug = debug = _debug or debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we report in one line below
     sys.argv = ["mempool train", *ctx.args]
     from mempool_cli.hydra_guard import Refused
@@ -212,7 +242,7 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="checkpoint.pt (or last.pt) written by `mempool train`."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="checkpoint.pt (or last.pt) written by `mempool train`."),
     split: str = typer.Option("test", "--split", help="test | val | train: which stored split to evaluate."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset cache (default: $MEMPOOL_DATA_ROOT or ~/.cache/mempool/TUDataset)."),
@@ -242,7 +272,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint.pt, a run directory, or a k-fold run directory (all folds: mean probabilities)."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint.pt, a run directory, or a k-fold run directory (all folds: mean probabilities)."),
     input_path: str = typer.Argument(..., metavar="INPUT", help="Graphs of the checkpoint's kind: a .csv/.sdf of molecules, a folder of graph files or of TU files, or a TU dataset's name."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the predictions to this CSV file (id, prediction, p_<class>..., label)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (and every prediction) as JSON."),
@@ -279,9 +309,18 @@ def predict(
         console.print(f"predictions written to {out}")
 
 
+def _print_written(make: Callable[[], list[Path]], debug: bool) -> None:
+    """Run a figure command and print the files it wrote, one per line (nothing else on stdout)."""
+    try:
+        written = make()
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    print("\n".join(str(path) for path in written))
+
+
 @app.command()
 def show(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint.pt, a run directory, or a k-fold run directory."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint.pt, a run directory, or a k-fold run directory."),
     graph: list[str] = typer.Option([], "--graph", help="A graph to draw: its position in the split (3) or its id; repeat for more (default: the first two)."),
     split: str = typer.Option("test", "--split", help="test | val | train: the stored split to draw from."),
     input_path: Optional[str] = typer.Option(None, "--input", help="Draw graphs of this input instead (anything `predict` takes); --graph names their ids."),
@@ -299,17 +338,16 @@ def show(
     from mempool_cli.show import pick_checkpoint
     from mempool_cli.show import show as draw
 
-    try:
+    def make() -> list[Path]:
         folder = out or pick_checkpoint(checkpoint, fold).parent / "figures"
-        written = draw(checkpoint, graph, split, folder, fmt, fold, input_path, device)
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc, debug)
-    print("\n".join(str(path) for path in written))
+        return draw(checkpoint, graph, split, folder, fmt, fold, input_path, device)
+
+    _print_written(make, debug)
 
 
 @app.command()
 def plot(
-    path: Path = typer.Argument(..., help="A run, k-fold run or sweep directory."),
+    path: Path = typer.Argument(..., metavar="PATH", help="A run, k-fold run or sweep directory."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the figures (default: PATH/figures)."),
     fmt: str = typer.Option("png", "--format", help="png | svg"),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
@@ -321,16 +359,12 @@ def plot(
     """
     from mempool_cli.plots import plot as draw
 
-    try:
-        written = draw(path, out, fmt)
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc, debug)
-    print("\n".join(str(p) for p in written))
+    _print_written(lambda: draw(path, out, fmt), debug)
 
 
 @app.command()
 def summarize(
-    path: Path = typer.Argument(..., help="A sweep directory (multirun/<time>) or a k-fold run directory."),
+    path: Path = typer.Argument(..., metavar="PATH", help="A sweep directory (multirun/<time>) or a k-fold run directory."),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
 ) -> None:
     """Summarise a finished or interrupted sweep or k-fold run (reads files only).

@@ -220,7 +220,8 @@ def _coarsened(ax: Any, edges: np.ndarray, S: np.ndarray, colours: np.ndarray) -
                            edgecolors="#333333")
     nx.draw_networkx_labels(coarse, positions, {j: str(j) for j in range(k)}, ax=ax, font_size=8,
                             font_color="white")
-    ax.set_title("coarsened graph: the K clusters\n(node size = mass sum_i S_ik, edge width = S^T A S)", fontsize=9)
+    ax.set_title("coarsened graph: the K clusters (node size = mass sum_i S_ik,\nedge width = S^T A S between clusters; "
+                 f"{weights.trace() / max(weights.sum(), 1e-12):.0%} of the edge weight is inside clusters)", fontsize=9)
     ax.axis("off")
     ax.margins(0.15)
 

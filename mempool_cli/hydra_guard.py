@@ -6,6 +6,7 @@ command line, which reports it in one line.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ class RunGuard(Callback):
 
         from mempool_cli.config import resolve
 
+        if str(config.hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher") and not shutil.which("sbatch"):
+            raise Refused(MempoolError("hydra/launcher=slurm: there is no SLURM here (no sbatch on PATH); run the "
+                                       "sweep on this machine with hydra/launcher=slurm_local or parallel"))
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
             return  # other sweepers choose their jobs as they go
         for job in _sweep_jobs(config):

@@ -10,10 +10,11 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from mempool_cli.artifacts import CONFIG, FOLDS, LAST, METRICS, SPLIT, SUMMARY, fold_dir, load_checkpoint
+from mempool_cli.artifacts import CONFIG, FOLDS, LAST, METRICS, SPLIT, SUMMARY, TENSORBOARD, fold_dir, load_checkpoint
 from mempool_cli.artifacts import clear_run, finished_files, locked_run_dir, read_yaml, write_json
 from mempool_cli.artifacts import SKIPPED, csv_text, write_atomic, write_yaml
-from mempool_cli.config import RunSpec, changed_settings
+from mempool_cli.callbacks import write_kfold_hparams
+from mempool_cli.config import RunSpec, changed_settings, result_settings
 from mempool_cli.data import Dataset
 from mempool_cli.data.splits import check_same_data, holdout_split, kfold_splits, own_split, read_split_file
 from mempool_cli.data.splits import split_metadata
@@ -138,6 +139,7 @@ def _run_folds(spec: RunSpec, run_dir: Path, dataset: Dataset, folds: list[dict]
                 for i, split in enumerate(folds)]
     summary = {"dataset": dataset.name, "protocol": "kfold", **summarize_folds(per_fold), "per_fold": per_fold}
     write_json(run_dir / SUMMARY, summary)
+    write_kfold_hparams(run_dir / TENSORBOARD, result_settings(spec.config), summary)
     metrics = {key: value for key, value in summary.items() if key != "per_fold"}
     write_json(run_dir / METRICS, metrics)
     return metrics

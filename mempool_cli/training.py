@@ -45,6 +45,12 @@ def _final_metrics(spec: RunSpec, name: str, state: TrainState, graphs: GraphSet
     }
 
 
+def _hparams(spec: RunSpec, split_meta: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run's HPARAMS row; a k-fold fold's row names its fold."""
+    fold = {"fold": split_meta["fold"]} if "fold" in split_meta else {}
+    return {**result_settings(spec.config), **fold}
+
+
 def train_split(spec: RunSpec, run_dir: Path, dataset: Dataset, split: dict[str, list[int]],
                 split_meta: dict[str, Any], progress: Optional[ProgressFactory] = None, title: str = "",
                 resume: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -68,7 +74,7 @@ def train_split(spec: RunSpec, run_dir: Path, dataset: Dataset, split: dict[str,
             "config": spec.config,
             "dataset": dataset.describe(graphs, stats), "split": split, "split_meta": split_meta}
     callbacks = [EarlyStopping(spec.train.patience), Checkpointer(run_dir, base),
-                 TensorBoardLogger(run_dir / TENSORBOARD, result_settings(spec.config)),
+                 TensorBoardLogger(run_dir / TENSORBOARD, _hparams(spec, split_meta)),
                  HistoryLogger(run_dir / HISTORY), EpochLog(title)]
     if progress is not None:
         callbacks.append(progress(title, spec.train.epochs, len(train_loader)))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,22 @@ def test_datasets_lists_presets_cache_and_source(tmp_path, data_env):
     tiny = next(line for line in lines if " TINY " in line)
     assert "48" in tiny and "yes" in tiny  # in the offline source, 48 graphs
     assert any(" MUTAG " in line and "yes" in line for line in lines)  # a shipped preset
+
+
+def test_help_version_and_debug_conventions(tmp_path):
+    from mempool_cli.catalog import config_choices
+
+    assert run_cli(["-h"], tmp_path).stdout == run_cli(["--help"], tmp_path).stdout
+    assert run_cli(["--version"], tmp_path).stdout.startswith("mempool ")
+    train_help = run_cli(["train", "-h"], tmp_path).stdout
+    assert all(f"{group}: {names[0]}" in train_help for group, names in config_choices().items())
+    assert "tu" in config_choices()["dataset"] and "molecules" in config_choices()["dataset"]
+    before = run_cli(["--debug", "eval", str(tmp_path / "missing.pt")], tmp_path)
+    assert before.returncode != 0 and "Traceback" in before.stderr
+
+
+def test_slurm_without_slurm_is_one_line_and_leaves_no_sweep_folder(tmp_path):
+    env = {"PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin"}
+    result = run_cli(["train", "-m", "hydra/launcher=slurm", "dataset=MUTAG", "seed=1,2"], tmp_path, env)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no SLURM here" in result.stderr
+    assert not (tmp_path / "multirun").exists()

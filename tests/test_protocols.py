@@ -193,3 +193,18 @@ def test_runs_started_together_get_their_own_directories(tmp_path, data_env):
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert len(list(tmp_path.glob("runs/TINY/*/metrics.json"))) == 2
+
+
+def test_tensorboard_hparams_rows_for_folds_and_the_whole_kfold_run(kfold_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cwd, _, _, _ = kfold_run
+    summary = _metrics(cwd / "run" / "summary.json")
+    whole = EventAccumulator(str(cwd / "run" / "tensorboard"))
+    whole.Reload()
+    assert "_hparams_/session_start_info" in whole.PluginTagToContent("hparams")
+    assert whole.Scalars("hparam/test_acc")[0].value == pytest.approx(summary["test_acc"])
+    fold = EventAccumulator(str(cwd / "run" / "fold_1" / "tensorboard"))
+    fold.Reload()
+    start = fold.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    assert b"fold" in start and len(fold.Scalars("hparam/val_acc")) == 2  # a row from the first epoch on
