@@ -10,9 +10,18 @@ from typing import Any, Optional
 CONFIG_GROUPS = ("dataset", "model", "optim", "train", "protocol", "hydra/launcher", "hydra/sweeper")
 
 
+def configs_root() -> Any:
+    """The shipped configs: the installed package's ``mempool_cli.configs``, or ``configs/`` of a source checkout
+    run without installing."""
+    try:
+        return resources.files("mempool_cli.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "configs"
+
+
 def config_choices() -> dict[str, list[str]]:
-    """Each config group's choices (the YAML files of ``configs/<group>/`` in the installed package)."""
-    root = resources.files("mempool_cli.configs")
+    """Each config group's choices (the YAML files of ``configs/<group>/``)."""
+    root = configs_root()
     choices = {}
     for group in CONFIG_GROUPS:
         folder = root.joinpath(*group.split("/"))
@@ -24,7 +33,7 @@ def preset_names() -> set[str]:
     """The datasets with a config in ``configs/dataset/`` (found in the installed package)."""
     from mempool_cli.config import DATA_KINDS  # entries of configs/dataset/ that are kinds of input, not presets
 
-    folder = resources.files("mempool_cli.configs") / "dataset"
+    folder = configs_root() / "dataset"
     return {entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml")} - set(DATA_KINDS)
 
 

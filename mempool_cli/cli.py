@@ -169,7 +169,9 @@ def train_job(cfg) -> float:
     try:
         spec = resolve(cfg)
         console.print(f"[bold]mempool[/] {spec.data.name} -> {run_dir}", highlight=False)
-        metrics = train(spec, run_dir, progress_factory(console, spec.train.progress))
+        parallel = hydra_cfg.mode == RunMode.MULTIRUN and "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_"))
+        job = str(hydra_cfg.job.num) if parallel else None
+        metrics = train(spec, run_dir, progress_factory(console, spec.train.progress, job))
     except (MempoolError, OSError) as exc:
         if _debug:
             raise

@@ -218,8 +218,9 @@ def _coarsened(ax: Any, edges: np.ndarray, S: np.ndarray, colours: np.ndarray) -
     nx.draw_networkx_edges(coarse, positions, ax=ax, width=widths, edge_color="#777777")
     nx.draw_networkx_nodes(coarse, positions, ax=ax, node_color=colours, node_size=80 + 1400 * mass / mass.max(),
                            edgecolors="#333333")
-    nx.draw_networkx_labels(coarse, positions, {j: str(j) for j in range(k)}, ax=ax, font_size=8,
-                            font_color="white")
+    for j in range(k):  # dark text on light colours, light on dark
+        light = colours[j, :3] @ np.array([0.299, 0.587, 0.114]) > 0.5
+        ax.text(*positions[j], str(j), ha="center", va="center", fontsize=8, color="black" if light else "white")
     ax.set_title("coarsened graph: the K clusters (node size = mass sum_i S_ik,\nedge width = S^T A S between clusters; "
                  f"{weights.trace() / max(weights.sum(), 1e-12):.0%} of the edge weight is inside clusters)", fontsize=9)
     ax.axis("off")

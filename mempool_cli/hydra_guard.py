@@ -38,6 +38,16 @@ def _sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
+def _quiet_optuna() -> None:
+    """Optuna's own log lines (coloured, even when piped) go through logging, where only warnings show."""
+    try:
+        import optuna
+    except ImportError:
+        return
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
 class RunGuard(Callback):
     """Before a single run: resolve and check its config, device, resume checkpoint and run folder. Before a
     basic sweep: resolve and check every job's config, so that one bad value stops the sweep before any job."""
@@ -51,6 +61,7 @@ class RunGuard(Callback):
             raise Refused(MempoolError("hydra/launcher=slurm: there is no SLURM here (no sbatch on PATH); run the "
                                        "sweep on this machine with hydra/launcher=slurm_local or parallel"))
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+            _quiet_optuna()
             return  # other sweepers choose their jobs as they go
         for job in _sweep_jobs(config):
             try:

@@ -84,14 +84,20 @@ def memory_table(layers: Sequence[dict[str, Any]]) -> Table:
     return rows_table(layers, MEMORY_COLUMNS, title="memory assignments (flat: mean max 1/K, entropy 1)")
 
 
+# short headers, so that tables of jobs and folds fit 80 columns
+HEADERS = {"val_acc": "val", "test_acc": "test", "test_acc_std": "test std", "train_acc": "train",
+           "best_epoch": "best ep", "train_time_s": "time s"}
+
+
 def rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str) -> Table:
-    """One row per result (job or fold) with the given columns."""
+    """One row per result (job or fold) with the given columns; overrides one per line."""
     table = Table(title=title)
     for column in columns:  # fold, never truncate: every value stays readable in a narrow or piped output
-        table.add_column(column, justify="left" if column in ("job", "overrides", "status") else "right",
-                         overflow="fold")
+        table.add_column(HEADERS.get(column, column), overflow="fold",
+                         justify="left" if column in ("job", "dataset", "overrides", "status") else "right")
     for row in rows:
-        table.add_row(*(_fmt(row.get(column, "")) for column in columns))
+        table.add_row(*(_fmt(row.get(column, "")).replace(" ", "\n") if column == "overrides"
+                        else _fmt(row.get(column, "")) for column in columns))
     return table
 
 

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 failed_jobs: list[str] = []  # jobs of this process's sweep that failed, for the command's exit code
 
-SWEEP_COLUMNS = ("job", "overrides", "status", "val_acc", "test_acc", "test_acc_std", "best_epoch", "train_time_s")
+SWEEP_COLUMNS = ("job", "dataset", "overrides", "status", "val_acc", "test_acc", "test_acc_std", "best_epoch",
+                 "train_time_s")
 FOLD_COLUMNS = ("fold", "status", "val_acc", "test_acc", "best_epoch", "train_time_s")
 SELECTION_COLUMNS = ("fold", "job", "overrides", "val_acc", "test_acc")
 
@@ -57,6 +58,13 @@ def _overrides(job: Path) -> list[str]:
     return [str(o) for o in overrides] if isinstance(overrides, list) else []
 
 
+def _job_dataset(job: Path) -> str:
+    """The dataset a job was composed with (for jobs that have no metrics)."""
+    config = read_yaml(job / ".hydra" / "config.yaml")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    return str(dataset.get("name") or "") if isinstance(dataset, dict) else ""
+
+
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job of a Hydra sweep: the overrides that vary between jobs (all of them under
     ``all_overrides``) and its metrics, best validation accuracy first, unfinished jobs last."""
@@ -67,11 +75,23 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     for job, job_overrides in zip(jobs, overrides):
         metrics = read_metrics(job / METRICS)
         status = "done" if metrics else "failed" if (job / FAILED).exists() else "unfinished"
-        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(o for o in job_overrides if o not in common),
+        row: dict[str, Any] = {"job": job.name,
+                               "overrides": " ".join(short_override(o) for o in job_overrides if o not in common),
                                "all_overrides": " ".join(job_overrides), "status": status}
-        row.update(metrics or {})
+        row.update(metrics or {"dataset": _job_dataset(job)})
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["status"] != "done", -r.get("val_acc", 0.0), r["job"]))
+    return sorted(rows, key=lambda r: (r["status"] != "done", str(r.get("dataset", "")), -r.get("val_acc", 0.0),
+                                       r["job"]))
+
+
+def short_override(override: str) -> str:
+    """``key=value`` with a long float value rounded to 4 significant digits (Optuna's trials)."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if "." in value and len(value) > 8 else override
 
 
 def common_overrides(rows: list[dict[str, Any]]) -> str:
@@ -79,7 +99,7 @@ def common_overrides(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     varying = {o for row in rows for o in row["overrides"].split()}
-    return " ".join(o for o in rows[0]["all_overrides"].split() if o not in varying)
+    return " ".join(o for o in rows[0]["all_overrides"].split() if short_override(o) not in varying)
 
 
 def fold_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -138,8 +158,10 @@ def to_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 
 
 def present_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The sweep columns that at least one row fills (``test_acc_std`` only for k-fold jobs)."""
-    return tuple(c for c in SWEEP_COLUMNS if any(c in row for row in rows))
+    """The sweep columns that at least one row fills (``test_acc_std`` only for k-fold jobs, ``dataset`` only when
+    the sweep has several)."""
+    several = len({row.get("dataset") for row in rows}) > 1
+    return tuple(c for c in SWEEP_COLUMNS if any(c in row for row in rows) and (c != "dataset" or several))
 
 
 def _write_summary_files(sweep_dir: Path, rows: list[dict[str, Any]], selection: Optional[dict[str, Any]]) -> None:

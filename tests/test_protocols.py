@@ -149,8 +149,8 @@ def test_joblib_multirun_and_summarize_an_interrupted_sweep(tmp_path, data_env):
     assert "JoblibLauncher" in (sweep / "multirun.yaml").read_text()
     assert len(list(sweep.glob("*/metrics.json"))) == 3
     lines = (sweep / "summary.csv").read_text().splitlines()
-    assert len(lines) == 4 and lines[0].startswith("job,overrides,status,val_acc")
-    vals = [float(line.split(",")[3]) for line in lines[1:]]
+    assert len(lines) == 4 and lines[0].startswith("job,dataset,overrides,status,val_acc")
+    vals = [float(line.split(",")[4]) for line in lines[1:]]
     assert vals == sorted(vals, reverse=True)
 
     (sweep / "2" / "metrics.json").unlink()  # job 2 never finished
@@ -159,7 +159,7 @@ def test_joblib_multirun_and_summarize_an_interrupted_sweep(tmp_path, data_env):
     summary = run_cli(["summarize", str(sweep)], tmp_path, data_env)
     assert summary.returncode == 0, summary.stderr
     assert "unfinished" in summary.stdout and "seed=3" in summary.stdout
-    assert "2,seed=3,unfinished" in (sweep / "summary.csv").read_text()
+    assert "2,TINY,seed=3,unfinished" in (sweep / "summary.csv").read_text()
 
 
 def test_submitit_local_multirun(tmp_path, data_env):
@@ -208,3 +208,22 @@ def test_tensorboard_hparams_rows_for_folds_and_the_whole_kfold_run(kfold_run):
     fold.Reload()
     start = fold.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     assert b"fold" in start and len(fold.Scalars("hparam/val_acc")) == 2  # a row from the first epoch on
+
+
+def test_sweep_tables_fit_80_columns_round_floats_and_group_by_dataset(tmp_path):
+    from rich.console import Console
+
+    jobs = [("PROTEINS", "model.dropout=0.27244159149844843", 0.70), ("MUTAG", "model.dropout=0.1", 0.80),
+            ("PROTEINS", "model.dropout=0.5", 0.75)]
+    for i, (dataset, override, val) in enumerate(jobs):
+        (tmp_path / str(i) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(i) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"dataset={dataset}", override]))
+        (tmp_path / str(i) / "metrics.json").write_text(json.dumps({"dataset": dataset, "val_acc": val,
+                                                                    "test_acc": val, "train_time_s": 1.0}))
+    rows = sweep_rows(tmp_path)
+    assert [(r["dataset"], r["val_acc"]) for r in rows] == [("MUTAG", 0.8), ("PROTEINS", 0.75), ("PROTEINS", 0.7)]
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(*summarize_sweep(tmp_path, rows))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "model.dropout=0.2724" in text and "dataset=PROTEINS" in text

@@ -156,6 +156,25 @@ def test_piped_progress_shows_the_last_epoch_and_the_early_stop(tmp_path, data_e
     assert lines[-2].startswith(f"epoch {stopped:4d}") and lines[0].startswith("epoch    1")
 
 
+def test_the_live_display_fits_80_columns(tmp_path, data_env):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from mempool_cli.progress import progress_factory
+
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True, color_system=None)
+    train(spec_of(TINY_ARGS + ["train.epochs=3", "protocol=kfold", "protocol.folds=2"]), tmp_path / "run",
+          progress_factory(console, True))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue()).replace("\r", "\n")
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    assert lines and max(len(line) for line in lines) <= 80
+    assert any("fold 2/2 epochs" in line and "3/3" in line for line in lines)
+    assert any(line.startswith("loss ") and "| best " in line for line in lines)
+
+
 def test_eval_omits_a_recorded_accuracy_it_does_not_have_and_one_fold_shows_no_spread(tmp_path, data_env):
     from rich.console import Console
 
