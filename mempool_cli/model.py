@@ -139,7 +139,12 @@ class MemGNN(nn.Module):
         h = self.encode(x, edge_index, edge_attr)
         kls, assignments = [], []
         for i, layer in enumerate(self.memory):
-            h, S = layer(h, batch, batch_size=batch_size) if i == 0 else layer(h)
+            if i > 0:
+                h, S = layer(h)
+            elif isinstance(layer, MemPooling):  # S per node, unpadded
+                h, S = layer(h, batch, batch_size=batch_size, per_node=True)
+            else:
+                h, S = layer(h, batch, batch_size=batch_size)
             kls.append(MemPooling.kl_loss(S, batch, batch_size) if S.dim() == 2 else type(layer).kl_loss(S))
             assignments.append(S)
             h = F.dropout(F.leaky_relu(h), self.dropout, training=self.training)

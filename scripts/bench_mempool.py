@@ -102,7 +102,7 @@ def layer_batches(sizes: np.ndarray, batch_size: int, hidden: int, seed: int = 0
 def layer_epoch(layer, batches, node_list_kl: bool) -> None:
     for x, batch, size in batches:
         x = x.requires_grad_()
-        out, S = layer(x, batch, batch_size=size)
+        out, S = layer(x, batch, batch_size=size, per_node=True) if node_list_kl else layer(x, batch, batch_size=size)
         kl = MemPooling.kl_loss(S, batch, size) if node_list_kl else PygMemPooling.kl_loss(S)
         (out.sum() + kl).backward()
 
@@ -167,7 +167,8 @@ class ExampleNet(nn.Module):
             x = conv(x, edge_index)
         if self.memory_kind == "mean":
             return self.readout(global_mean_pool(x, batch, batch_size)), x.new_zeros(1)
-        x, S1 = self.memory[0](x, batch, batch_size=batch_size)
+        per_node = {"per_node": True} if self.memory_kind == "fast" else {}
+        x, S1 = self.memory[0](x, batch, batch_size=batch_size, **per_node)
         kl1 = MemPooling.kl_loss(S1, batch, batch_size) if S1.dim() == 2 else PygMemPooling.kl_loss(S1)
         x = F.dropout(F.leaky_relu(x), p=self.dropout, training=self.training)
         x, S2 = self.memory[1](x)

@@ -277,7 +277,7 @@ def test_a_sweep_with_a_failing_job_summarises_it_and_fails(tmp_path, data_env):
     result = run_cli(["train", "-m", *TINY_ARGS, "train.epochs=1", "dataset.name=TINY,ABSENT",
                       "dataset.url=http://127.0.0.1:9", f"hydra.sweep.dir={sweep}"], tmp_path, data_env)
     assert result.returncode != 0 and "1 sweep job(s) failed (1)" in result.stderr
-    assert "1,dataset.name=ABSENT,failed" in (sweep / "summary.csv").read_text()
+    assert "1,ABSENT,dataset.name=ABSENT,failed" in (sweep / "summary.csv").read_text()
     assert "could not download ABSENT" in (sweep / "1" / "failed.json").read_text()
 
 

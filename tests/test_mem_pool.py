@@ -50,7 +50,7 @@ def _compare(ref, ours, x, batch, tol, batch_size=None):
     """Outputs, densified assignments, KL loss and all gradients of both layers must agree."""
     x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_ref, S_ref = ref(x_ref, batch, batch_size=batch_size)
-    out_ours, S_ours = ours(x_ours, batch, batch_size=batch_size)
+    out_ours, S_ours = ours(x_ours, batch, batch_size=batch_size, per_node=True)
     kl_ref, kl_ours = PygMemPooling.kl_loss(S_ref), MemPooling.kl_loss(S_ours, batch, batch_size)
     _close(out_ours, out_ref, tol)
     S_dense, _ = to_dense_batch(S_ours, batch, batch_size=batch_size, max_num_nodes=S_ref.size(1))
@@ -117,7 +117,7 @@ def test_batch_without_batch_vector_is_one_graph(dtype):
     out_ref, _ = ref(x)
     out_ours, S = ours(x)
     _close(out_ours, out_ref, TOL[dtype])
-    assert S.shape == (11, 10)
+    assert S.shape == (1, 11, 10) and ours(x, per_node=True)[1].shape == (11, 10)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -126,7 +126,7 @@ def test_empty_graph_in_batch(dtype):
     ref, ours = _pair(dtype)
     sizes = [4, 5, 3]
     x, batch = _batch(sizes, 16, dtype)
-    out_ours, S = ours(x, batch, batch_size=5)
+    out_ours, S = ours(x, batch, batch_size=5, per_node=True)
     out_ref, _ = ref(x, batch, batch_size=5)
     assert out_ours.shape == (5, 10, 8)
     _close(out_ours, out_ref, TOL[dtype])
@@ -182,14 +182,33 @@ def test_no_padded_tensor_is_allocated(monkeypatch):
     monkeypatch.setattr(torch_geometric.utils, "to_dense_batch", forbidden)
     _, ours = _pair(torch.float32)
     x, batch = _batch([2, 50, 3], 16, torch.float32)
-    out, S = ours(x, batch)
+    out, S = ours(x, batch, per_node=True)
     assert S.shape == (55, 10) and out.shape == (3, 10, 8)
 
 
-def test_repr_names_the_key_numbers():
+def test_repr_names_the_key_numbers_as_pyg_does():
     assert repr(MemPooling(16, 8, heads=5, num_clusters=10, tau=0.5)) == (
         "MemPooling(16, 8, heads=5, num_clusters=10, tau=0.5)"
     )
+    assert repr(MemPooling(4, 8, heads=3, num_clusters=2)) == repr(PygMemPooling(4, 8, heads=3, num_clusters=2))
+
+
+def test_called_the_pyg_way_it_behaves_as_pygs_layer():
+    """A node list with its batch vector and no other argument: S padded [B, N_max, K] (padding rows zero), the
+    KL of kl_loss(S) equal to PyG's, a stacked second layer on the pooled output; S per node only when asked."""
+    torch.manual_seed(0)
+    ref, ours = PygMemPooling(4, 8, heads=3, num_clusters=2), MemPooling(4, 8, heads=3, num_clusters=2)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(17, 4)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 4])
+    _, mask = to_dense_batch(x, batch)
+    (out, S), (out_ref, S_ref) = ours(x, batch), ref(x, batch)
+    assert S.shape == S_ref.shape == (5, 4, 2) and S[~mask].sum() == 0
+    _close(S, S_ref, 1e-6)
+    _close(MemPooling.kl_loss(S), PygMemPooling.kl_loss(S_ref), 1e-6)
+    assert MemPooling(8, 4, heads=2, num_clusters=1)(out)[0].shape == (5, 1, 4)
+    with pytest.raises(ValueError, match="needs its batch vector"):
+        MemPooling.kl_loss(ours(x, batch, per_node=True)[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -224,7 +243,7 @@ def test_split_key_grad_routes_kl_to_keys_and_the_rest_to_everything_else(dtype,
 def test_node_list_input_runs_on_the_chosen_implementation(implementation):
     _, ours = _pair(torch.float32)
     x, batch = _batch([4, 9], 16, torch.float32)
-    _, S = ours(x.requires_grad_(), batch)
+    _, S = ours(x.requires_grad_(), batch, per_node=True)
     expected = "AssignPoolBackward" if implementation == "compiled" else "_AssignBackward"
     assert type(S.grad_fn).__name__ == expected
 
@@ -260,7 +279,7 @@ def test_a_large_tau_far_from_the_keys_stays_finite():
     out_ref, S_ref = ref(x, batch)
     ours = ours.float()
     x32 = x.float().requires_grad_()
-    out, S = ours(x32, batch)
+    out, S = ours(x32, batch, per_node=True)
     assert torch.isnan(PygMemPooling.kl_loss(ref.float()(x.float(), batch)[1])).item()
     _close(to_dense_batch(S, batch)[0].double(), S_ref, 1e-5)
     _close(out.double(), out_ref, 1e-4)

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 from torch.nn import Conv2d, Linear, Parameter
+from torch_geometric.utils import to_dense_batch
 
 from mempool_cli.nn import kernels
 
@@ -157,8 +158,10 @@ class MemPooling(torch.nn.Module):
     The weights :math:`w_h` are those of PyG's 1x1 ``Conv2d`` over heads, so parameter names and shapes
     (``k``, ``conv.weight``, ``lin.weight``) are the same and state dicts move between the two layers.
 
-    Node-list input ``[N, F]`` with a (sorted) ``batch`` vector is computed without padding; ``S`` is then
-    returned per node, ``[N, K]``, and :meth:`kl_loss` takes the same ``batch``. On the CPU (float32 and float64)
+    Node-list input ``[N, F]`` with a (sorted) ``batch`` vector is computed without padding. Called as PyG's
+    layer is, ``S`` comes back padded, ``[B, N_max, K]``, and ``kl_loss(S)`` gives PyG's value; with
+    ``per_node=True`` (what mempool's trainer asks for) ``S`` stays per node, ``[N, K]``, and :meth:`kl_loss` takes
+    the same ``batch``. On the CPU (float32 and float64)
     that input runs on compiled kernels (:mod:`mempool_cli.nn.kernels`) where they can be built, and on the
     PyTorch operations below everywhere else: the same formulas. Dense input ``[B, N, F]``
     (with an optional ``mask``) returns ``S`` as ``[B, N, K]``, exactly like PyG's layer.
@@ -219,6 +222,7 @@ class MemPooling(torch.nn.Module):
         mask: Optional[Tensor] = None,
         max_num_nodes: Optional[int] = None,
         batch_size: Optional[int] = None,
+        per_node: bool = False,
     ) -> Tuple[Tensor, Tensor]:
         r"""Pool ``x`` into ``K`` clusters per graph.
 
@@ -226,12 +230,14 @@ class MemPooling(torch.nn.Module):
             x: node features ``[N, F]`` (with ``batch``) or ``[B, N, F]`` (with ``mask``).
             batch: graph index of each node ``[N]``, sorted; ``None`` means one graph.
             mask: valid nodes ``[B, N]`` of dense input; ``None`` means all.
-            max_num_nodes: accepted for PyG compatibility; nothing is padded, so it is not needed.
+            max_num_nodes: the padded size of the returned dense ``S`` (as in PyG; default: the largest graph).
             batch_size: number of graphs ``B`` (graphs without nodes included).
+            per_node: for node-list input, return ``S`` per node ``[N, K]`` without padding (then pass the same
+                ``batch`` to :meth:`kl_loss`); the default returns it padded, ``[B, N_max, K]``, as PyG does.
 
         Returns:
-            ``(X', S)``: pooled features ``[B, K, F']`` and assignments, ``[N, K]`` for node-list input
-            or ``[B, N, K]`` for dense input.
+            ``(X', S)``: pooled features ``[B, K, F']`` and assignments ``[B, N, K]`` (padded rows zero), or
+            ``[N, K]`` with ``per_node``.
         """
         if x.dim() == 3:
             B, N, _ = x.shape
@@ -244,9 +250,12 @@ class MemPooling(torch.nn.Module):
         if self.num_clusters > 1 and kernels.usable(x):
             pooled, S = kernels.AssignPool.apply(x, *self._flat_keys(), batch, num_graphs, self.num_clusters,
                                                  self.tau, self.split_key_grad)
-            return self.lin(pooled), S
-        S_pool, S = self._assign(x, self.split_key_grad)
-        return self.lin(segment_pool(S_pool, x, batch, num_graphs)), S
+        else:
+            S_pool, S = self._assign(x, self.split_key_grad)
+            pooled = segment_pool(S_pool, x, batch, num_graphs)
+        if not per_node:
+            S = to_dense_batch(S, batch, batch_size=num_graphs, max_num_nodes=max_num_nodes)[0]
+        return self.lin(pooled), S
 
     @staticmethod
     def kl_loss(S: Tensor, batch: Optional[Tensor] = None, batch_size: Optional[int] = None) -> Tensor:
@@ -256,9 +265,12 @@ class MemPooling(torch.nn.Module):
             P_{ij} = \frac{S_{ij}^2 / \sum_n S_{nj}}{\sum_k S_{ik}^2 / \sum_n S_{nk}}
 
         with the sums over ``n`` taken within each graph. ``S`` is either ``[B, N, K]`` (dense, padded rows
-        zero; same value as PyG's ``kl_loss``) or ``[N, K]`` per node with its ``batch`` vector.
-        A graph without nodes adds nothing but counts in the mean (PyG's layer returns NaN there).
+        zero; same value as PyG's ``kl_loss``) or ``[N, K]`` per node with its ``batch`` vector (required: without
+        it the graphs could not be told apart). A graph without nodes adds nothing but counts in the mean (PyG's
+        layer returns NaN there).
         """
+        if S.dim() == 2 and batch is None:
+            raise ValueError("kl_loss: S per node [N, K] needs its batch vector (or pass S as [B, N, K])")
         if S.size(-1) == 1:  # one cluster: P = S, so the divergence is exactly zero
             return S.new_zeros(())
         if S.dim() == 2:
@@ -273,7 +285,6 @@ class MemPooling(torch.nn.Module):
         return (P * (P.log() - S.clamp(EPS).log())).sum() / S.size(0)
 
     def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, heads={self.heads}, "
-            f"num_clusters={self.num_clusters}, tau={self.tau})"
-        )
+        tau = f", tau={self.tau}" if self.tau != 1.0 else ""  # PyG's repr at the default
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, heads={self.heads}, "
+                f"num_clusters={self.num_clusters}{tau})")
