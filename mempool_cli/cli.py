@@ -33,6 +33,13 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+class _Command(typer.core.TyperCommand):
+    """Usage lines that name arguments plainly (``CHECKPOINT``, not Typer's ``{CHECKPOINT}``)."""
+
+    def collect_usage_pieces(self, ctx):
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
 TRAIN_HELP = """Train a model; every argument is a Hydra override.
 
 \b
@@ -242,7 +249,7 @@ def train(
                            "see the summary and their failed.json"), debug)
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def evaluate(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="checkpoint.pt (or last.pt) written by `mempool train`."),
     split: str = typer.Option("test", "--split", help="test | val | train: which stored split to evaluate."),
@@ -272,7 +279,7 @@ def evaluate(
             console.print(table)
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint.pt, a run directory, or a k-fold run directory (all folds: mean probabilities)."),
     input_path: str = typer.Argument(..., metavar="INPUT", help="Graphs of the checkpoint's kind: a .csv/.sdf of molecules, a folder of graph files or of TU files, or a TU dataset's name."),
@@ -320,7 +327,7 @@ def _print_written(make: Callable[[], list[Path]], debug: bool) -> None:
     print("\n".join(str(path) for path in written))
 
 
-@app.command()
+@app.command(cls=_Command)
 def show(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint.pt, a run directory, or a k-fold run directory."),
     graph: list[str] = typer.Option([], "--graph", help="A graph to draw: its position in the split (3) or its id; repeat for more (default: the first two)."),
@@ -347,7 +354,7 @@ def show(
     _print_written(make, debug)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
     path: Path = typer.Argument(..., metavar="PATH", help="A run, k-fold run or sweep directory."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the figures (default: PATH/figures)."),
@@ -364,7 +371,7 @@ def plot(
     _print_written(lambda: draw(path, out, fmt), debug)
 
 
-@app.command()
+@app.command(cls=_Command)
 def summarize(
     path: Path = typer.Argument(..., metavar="PATH", help="A sweep directory (multirun/<time>) or a k-fold run directory."),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),

@@ -47,7 +47,7 @@ DEFAULT_DATA_URL = "https://www.chrsmrrs.com/graphkerneldatasets"
 MAX_SEED = 2**32 - 1
 # settings that do not change what a run computes: left out when runs are compared (k-fold reruns, resume)
 NOT_RESULT_SETTINGS = ("dataset.root", "dataset.source", "dataset.url", "train.resume", "train.progress",
-                       "train.overwrite")
+                       "train.overwrite", "protocol.workers")
 
 
 def default_data_root() -> str:
@@ -304,9 +304,12 @@ class ProtocolSpec:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_file: Optional[str] = None
+    workers: Optional[int] = None  # k-fold: folds trained at once (None: as many as free cores allow)
 
     def __post_init__(self) -> None:
         check_choice("protocol.name", self.name, PROTOCOLS)
+        if self.workers is not None:
+            _positive("protocol.workers", self.workers)
         _fraction("protocol.val_fraction", self.val_fraction)
         _fraction("protocol.test_fraction", self.test_fraction)
         _positive("protocol.val_fraction", self.val_fraction)

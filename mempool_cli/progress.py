@@ -91,7 +91,7 @@ def progress_factory(console: Console, enabled: bool, job: Optional[str] = None)
     if not enabled:
         return None
     reporter = RichReporter if console.is_terminal and job is None else PlainReporter
-    prefix = f"job {job} " if job is not None else ""
+    prefix = f"job {job} " if job else ""
     return lambda title, epochs, batches: reporter(console, f"{prefix}{title}".strip(), epochs, batches)
 
 

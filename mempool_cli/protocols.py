@@ -132,10 +132,32 @@ def _run_fold(spec: RunSpec, run_dir: Path, dataset: Dataset, fold: int, split: 
                        title=f"fold {fold + 1}/{spec.protocol.folds}", resume=resume)
 
 
+def _fold_worker(spec: RunSpec, run_dir: Path, dataset: Dataset, fold: int, split: dict, meta: dict,
+                 show: bool) -> dict[str, Any]:
+    """One fold in a worker process: its log in its own folder, plain progress lines that name it."""
+    from rich.console import Console
+
+    from mempool_cli.parallel import _fold_logging
+    from mempool_cli.progress import progress_factory
+
+    _fold_logging(fold_dir(run_dir, fold))
+    return _run_fold(spec, run_dir, dataset, fold, split, meta, progress_factory(Console(soft_wrap=True), show, job=""))
+
+
 def _run_folds(spec: RunSpec, run_dir: Path, dataset: Dataset, folds: list[dict], meta: dict,
                progress: Optional[ProgressFactory]) -> dict[str, Any]:
-    """Every fold in turn, then ``summary.json`` (per fold and aggregated) and ``metrics.json`` (the means)."""
-    per_fold = [{"fold": i, **_run_fold(spec, run_dir, dataset, i, split, meta, progress)}
+    """Every fold (in turn, or ``protocol.workers`` at once), then ``summary.json`` (per fold and aggregated) and
+    ``metrics.json`` (the means)."""
+    from mempool_cli.parallel import run_parallel, worker_count
+
+    pending = [i for i in range(len(folds)) if read_metrics(fold_dir(run_dir, i) / METRICS) is None]
+    workers = worker_count(spec.protocol.workers, len(pending), spec.threads)
+    results: dict[int, dict[str, Any]] = {}
+    if workers > 1:
+        log.info("training %d folds, %d at once", len(pending), workers)
+        jobs = [(i, (spec, run_dir, dataset, i, folds[i], meta, progress is not None)) for i in pending]
+        results = run_parallel(_fold_worker, jobs, workers, spec.threads)
+    per_fold = [{"fold": i, **(results.get(i) or _run_fold(spec, run_dir, dataset, i, split, meta, progress))}
                 for i, split in enumerate(folds)]
     summary = {"dataset": dataset.name, "protocol": "kfold", **summarize_folds(per_fold), "per_fold": per_fold}
     write_json(run_dir / SUMMARY, summary)

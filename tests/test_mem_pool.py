@@ -205,6 +205,7 @@ def test_called_the_pyg_way_it_behaves_as_pygs_layer():
     (out, S), (out_ref, S_ref) = ours(x, batch), ref(x, batch)
     assert S.shape == S_ref.shape == (5, 4, 2) and S[~mask].sum() == 0
     _close(S, S_ref, 1e-6)
+    _close(out, out_ref, 1e-6)
     _close(MemPooling.kl_loss(S), PygMemPooling.kl_loss(S_ref), 1e-6)
     assert MemPooling(8, 4, heads=2, num_clusters=1)(out)[0].shape == (5, 1, 4)
     with pytest.raises(ValueError, match="needs its batch vector"):
