@@ -100,9 +100,7 @@ def test_edge_cases_match_pyg(dtype, case):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_per_graph_pooling_path_matches_pyg(dtype, monkeypatch):
-    """Large batches pool graph by graph instead of through one block-diagonal GEMM; both must agree."""
-    monkeypatch.setattr("mempool_cli.nn.mem_pool.BLOCK_DIAGONAL_LIMIT", 0)
+def test_uneven_graphs_and_an_empty_one_match_pyg(dtype):
     ref, ours = _pair(dtype, seed=4)
     x, batch = _batch([5, 1, 30, 2, 9], 16, dtype)
     _compare(ref, ours, x, batch, TOL[dtype])
@@ -286,3 +284,45 @@ def test_a_large_tau_far_from_the_keys_stays_finite():
     _close(out.double(), out_ref, 1e-4)
     (out.sum() + MemPooling.kl_loss(S, batch)).backward()
     assert torch.isfinite(x32.grad).all() and torch.isfinite(ours.k.grad).all()
+
+
+def _operator_count(layer, num_graphs: int) -> int:
+    """ATen operations of one forward + KL + backward over ``num_graphs`` graphs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    x, batch = _batch([3 + i % 7 for i in range(num_graphs)], 16, torch.float32)
+    x.requires_grad_()
+    with Count():
+        out, S = layer(x, batch, batch_size=num_graphs, per_node=True)
+        (out.sum() + MemPooling.kl_loss(S, batch, num_graphs)).backward()
+    return Count.calls
+
+
+def test_the_pytorch_path_does_not_grow_with_the_batch_and_compiles_whole(implementation):
+    """What other devices run: the same number of operations for 20 and 200 graphs (no loop over graphs, no host
+    copy), and one graph for torch.compile (fullgraph)."""
+    if implementation == "compiled":
+        pytest.skip("the PyTorch-operations path")
+    _, ours = _pair(torch.float32)
+    assert _operator_count(ours, 20) == _operator_count(ours, 200)
+    x, batch = _batch([4, 9, 2], 16, torch.float32)
+
+    def step(x):
+        out, S = ours(x, batch, batch_size=3, per_node=True)
+        return out.sum() + MemPooling.kl_loss(S, batch, 3)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")  # forward and backward traced whole
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    loss1, loss2 = compiled(x1), step(x2)
+    loss1.backward()
+    loss2.backward()
+    _close(loss1, loss2, 1e-5)
+    _close(x1.grad, x2.grad, 1e-5)

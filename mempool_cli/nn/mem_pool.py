@@ -89,49 +89,12 @@ class _NodeKL(torch.autograd.Function):
         return grad_S.mul_(grad_loss), None, None
 
 
-class _SegmentTransposeMatmul(torch.autograd.Function):
-    """``out[b] = S_b^T X_b`` for the contiguous node segments ``b`` given by ``counts``; no padding."""
-
-    @staticmethod
-    def forward(ctx, S: Tensor, x: Tensor, counts: list[int]) -> Tensor:
-        out = S.new_zeros(len(counts), S.size(1), x.size(1))
-        for b, (s_b, x_b) in enumerate(zip(S.split(counts), x.split(counts))):
-            if s_b.size(0):
-                torch.mm(s_b.t(), x_b, out=out[b])
-        ctx.save_for_backward(S, x)
-        ctx.counts = counts
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        S, x = ctx.saved_tensors
-        grad_S = grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_S = torch.empty_like(S)
-            for g, x_b, gs_b in zip(grad_out, x.split(ctx.counts), grad_S.split(ctx.counts)):
-                torch.mm(x_b, g.t(), out=gs_b)
-        if ctx.needs_input_grad[1]:
-            grad_x = torch.empty_like(x)
-            for g, s_b, gx_b in zip(grad_out, S.split(ctx.counts), grad_x.split(ctx.counts)):
-                torch.mm(s_b, g, out=gx_b)
-        return grad_S, grad_x, None
-
-
-BLOCK_DIAGONAL_LIMIT = 1 << 24  # multiply-adds (N * B*K * F) up to which one block-diagonal GEMM beats a loop
-
-
 def segment_pool(S: Tensor, x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-    """``out[b] = S_b^T X_b`` ``[B, K, F]`` for node-list ``S`` ``[N, K]`` and ``x`` ``[N, F]``, no padding.
-
-    Small batches: one GEMM with the block-diagonal ``[N, B*K]`` spread of ``S`` (B times the work, one call).
-    Larger ones: one GEMM per graph.
-    """
-    (N, K), B = S.shape, num_graphs
-    if N * B * K * x.size(1) <= BLOCK_DIAGONAL_LIMIT:
-        columns = batch.unsqueeze(1) * K + torch.arange(K, device=S.device)
-        spread = S.new_zeros(N, B * K).scatter(1, columns, S)
-        return (spread.t() @ x).view(B, K, -1)
-    return _SegmentTransposeMatmul.apply(S, x, torch.bincount(batch, minlength=B).tolist())
+    """``out[b] = S_b^T X_b`` ``[B, K, F]`` for node-list ``S`` ``[N, K]`` and ``x`` ``[N, F]``: one scatter-add of
+    the nodes' outer products. No padding, no loop over graphs, no copy to the host: the operations do not grow in
+    number with the batch (what a GPU wants)."""
+    products = S.unsqueeze(2) * x.unsqueeze(1)  # [N, K, F]
+    return products.new_zeros(num_graphs, S.size(1), x.size(1)).index_add(0, batch, products)
 
 
 def _resolve_batch(batch: Optional[Tensor], num_nodes: int, batch_size: Optional[int],
