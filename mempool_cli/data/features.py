@@ -31,7 +31,6 @@ class GraphSet:
     num_features: int
     num_classes: int
     num_edge_features: int = 0
-    ids: list[str] = field(default_factory=list)
     unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # column -> value -> nodes (or edges)
 
     def __len__(self) -> int:
@@ -146,6 +145,5 @@ def featurize(source: SourceGraphs, recipe: Mapping[str, Any], stats: Mapping[st
         num_features=graphs[0].x.size(1) if graphs else 0,
         num_classes=num_classes or len(source.class_names),
         num_edge_features=sum(len(v) for v in stats["edge_vocab"]),
-        ids=list(source.ids),
         unseen={name: dict(counts) for name, counts in {**(nodes.unseen if nodes else {}), **edges.unseen}.items()},
     )
