@@ -253,3 +253,18 @@ def test_predict_on_the_command_line(solubility_run, tmp_path):
     assert "accuracy" in result.stdout and len(list(csv.DictReader(open(out)))) == len(test_rows)
     result = run_cli(["predict", str(run), str(tmp_path / "missing.csv")], tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+
+
+def test_files_that_are_not_text_csv_are_one_clear_error(tmp_path):
+    huge = tmp_path / "huge.csv"
+    huge.write_text('smiles,label\n"' + "C" * 200_000 + '",a\nCC,b\n')
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"smiles,label\n\xff\xfe\x00bad,a\n")
+    for path in (huge, binary):
+        with pytest.raises(DataError, match="not a readable CSV"):
+            read_source(DataSpec(kind="molecules", path=str(path)))
+    folder = tmp_path / "graphs"
+    folder.mkdir()
+    (folder / "labels.csv").write_bytes(b"file,label\n\xff\xfe,a\n")
+    with pytest.raises(DataError, match="not a readable CSV"):
+        read_source(DataSpec(kind="graphs", path=str(folder)))

@@ -49,14 +49,17 @@ def _rows(folder: Path, spec: Any, labelled: bool) -> list[dict[str, str]]:
                             "graph file and its label")
         suffixes = set(_readers())
         return [{"file": f.name} for f in sorted(folder.iterdir()) if f.suffix.lower() in suffixes]
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        wanted = ["file"] + [c for c in (spec.label_column if labelled else None, spec.split_column) if c]
-        for column in wanted:
-            if column not in columns:
-                raise DataError(f"{table} has no column {column!r} (its columns: {', '.join(columns) or 'none'})")
-        return list(reader)
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            wanted = ["file"] + [c for c in (spec.label_column if labelled else None, spec.split_column) if c]
+            for column in wanted:
+                if column not in columns:
+                    raise DataError(f"{table} has no column {column!r} (its columns: {', '.join(columns) or 'none'})")
+            return list(reader)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{table}: not a readable CSV file ({type(exc).__name__}: {exc})") from exc
 
 
 def _read(path: Path, readers: dict[str, Callable]) -> Any:

@@ -116,7 +116,7 @@ def read_molecules(spec: Any, labelled: bool = True) -> SourceGraphs:
     csv_file = path.suffix.lower() == ".csv"
     records = _csv_records(path, spec, labelled) if csv_file else _sdf_records(path, spec, chem)
     properties: set[str] = set()
-    for line, rid, item, row in records:
+    for line, rid, item, row in _checked(records, path):
         properties.update(row)
         mol = chem.MolFromSmiles(item) if csv_file and item else (item if not csv_file else None)
         label = row.get(spec.label_column)
@@ -134,6 +134,14 @@ def read_molecules(spec: Any, labelled: bool = True) -> SourceGraphs:
         if name and name not in properties:
             raise DataError(f"{path}: no record has the property {name!r} (found: {', '.join(sorted(properties))})")
     return _finish(path, spec, graphs, ids, labels, parts, skipped, make, labelled)
+
+
+def _checked(records: Iterator, path: Path) -> Iterator:
+    """The records, with a file that is not text of the expected shape refused in one line."""
+    try:
+        yield from records
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV/SDF file ({type(exc).__name__}: {exc})") from exc
 
 
 def _problem(mol: Any, label: Any, labelled: bool, csv_file: bool, smiles: Any) -> Optional[str]:
