@@ -251,8 +251,8 @@ def test_predict_on_the_command_line(solubility_run, tmp_path):
     assert result.returncode == 0, result.stderr
     test_rows = [r for r in csv.DictReader(open(SOLUBILITY)) if r["split"] == "test"]
     assert "accuracy" in result.stdout and len(list(csv.DictReader(open(out)))) == len(test_rows)
-    result = run_cli(["predict", str(run), str(tmp_path / "missing.csv")], tmp_path)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+    with pytest.raises(DataError, match="no such file"):
+        predict(run, str(tmp_path / "missing.csv"))
 
 
 def test_files_that_are_not_text_csv_are_one_clear_error(tmp_path):
