@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -189,6 +190,10 @@ def graph_figure(edges: np.ndarray, S: np.ndarray, positions: dict[int, tuple[fl
                            edgecolors="#333333", linewidths=0.4)
     if node_labels is not None and n <= LABELLED_NODES:
         nx.draw_networkx_labels(graph, positions, {i: t for i, t in enumerate(node_labels)}, ax=left, font_size=7)
+    used = sorted(set(S.argmax(axis=1).tolist()))
+    handles = [matplotlib.patches.Patch(color=colours[j], label=f"cluster {j}") for j in used]
+    left.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.0), ncol=min(len(used), 5),
+                frameon=False, fontsize=8)
     note = "" if n <= LABELLED_NODES or node_labels is None else f" ({n} nodes: labels left out)"
     left.set_title(f"nodes coloured by cluster (argmax S), opacity = membership{note}", fontsize=9)
     left.axis("off")
