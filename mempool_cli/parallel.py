@@ -14,6 +14,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from mempool_cli.device import set_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -35,12 +37,6 @@ def worker_count(requested: Optional[int], pending: int, threads: Optional[int])
     return max(1, min(requested, pending))
 
 
-def _worker_start(threads: Optional[int]) -> None:
-    import torch
-
-    torch.set_num_threads(threads or 1)
-
-
 def _fold_logging(fold_dir: Path) -> None:
     """In a worker: the fold's log lines go to its own ``train.log`` (the run's log is the parent's)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +53,7 @@ def run_parallel(run_fold: Callable[..., dict[str, Any]], jobs: list[tuple[int, 
     The first failure stops the others and is raised."""
     results: dict[int, dict[str, Any]] = {}
     context = get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=set_threads, initargs=(threads or 1,)) as pool:
         futures = {pool.submit(run_fold, *args): fold for fold, args in jobs}
         try:
             for future in as_completed(futures):

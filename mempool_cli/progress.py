@@ -25,7 +25,7 @@ class RichReporter(Callback):
     def __init__(self, console: Console, title: str, epochs: int, batches: int):
         self.console, self.title, self.epochs, self.batches = console, title, epochs, batches
         self.live: Optional[Live] = None
-        self.status = Text("")
+        self.status, self.summary = Text(""), ""  # the live status line, the last epoch's figures
 
     def on_fit_start(self, state: TrainState) -> None:
         self.progress = Progress(
@@ -41,8 +41,7 @@ class RichReporter(Callback):
 
     def on_batch(self, step: int, loss: float) -> None:
         self.progress.update(self.batch_task, completed=step)
-        self.status.plain = f"{self.summary}  batch loss {loss:.4f}" if hasattr(self, "summary") else \
-            f"batch loss {loss:.4f}"
+        self.status.plain = f"{self.summary}  batch loss {loss:.4f}".strip()
 
     def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
         self.summary = (f"loss {stats['train/loss']:.4f} acc {stats['train/acc']:.3f} | val {stats['val/acc']:.3f}"
@@ -68,6 +67,7 @@ class PlainReporter(Callback):
         self.console = console
         self.every = max(1, epochs // 20)
         self.prefix = f"[{title}] " if title else ""
+        self.last: Optional[tuple] = None  # the last epoch and its figures
 
     def on_epoch_end(self, state: TrainState, stats: dict[str, float]) -> None:
         self.last = (state.epoch, stats)
@@ -75,7 +75,7 @@ class PlainReporter(Callback):
             self._print(epoch_line(state.epoch, stats, state.best))
 
     def on_fit_end(self, state: TrainState) -> None:
-        last = getattr(self, "last", None)
+        last = self.last
         if last and last[0] != 1 and last[0] % self.every:  # the last epoch, when not printed already
             self._print(epoch_line(*last, state.best))
         if state.stopped:

@@ -145,5 +145,5 @@ def featurize(source: SourceGraphs, recipe: Mapping[str, Any], stats: Mapping[st
         num_features=graphs[0].x.size(1) if graphs else 0,
         num_classes=num_classes or len(source.class_names),
         num_edge_features=sum(len(v) for v in stats["edge_vocab"]),
-        unseen={name: dict(counts) for name, counts in {**(nodes.unseen if nodes else {}), **edges.unseen}.items()},
+        unseen={name: dict(found) for name, found in {**(nodes.unseen if nodes else {}), **edges.unseen}.items()},
     )

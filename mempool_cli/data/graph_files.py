@@ -6,13 +6,13 @@ attribute (integers, text, booleans) is categorical. Graphs are read as undirect
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
-from mempool_cli.data.source import NO_LABEL, Codes, SourceGraphs, class_index, graph, user_split
+from mempool_cli.data.source import NO_LABEL, Codes, SourceGraphs, check_read, csv_table, graph, label_graphs
+from mempool_cli.data.source import user_split
 from mempool_cli.errors import DataError
 
 LABELS_FILE = "labels.csv"
@@ -49,17 +49,9 @@ def _rows(folder: Path, spec: Any, labelled: bool) -> list[dict[str, str]]:
                             "graph file and its label")
         suffixes = set(_readers())
         return [{"file": f.name} for f in sorted(folder.iterdir()) if f.suffix.lower() in suffixes]
-    try:
-        with open(table, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            wanted = ["file"] + [c for c in (spec.label_column if labelled else None, spec.split_column) if c]
-            for column in wanted:
-                if column not in columns:
-                    raise DataError(f"{table} has no column {column!r} (its columns: {', '.join(columns) or 'none'})")
-            return list(reader)
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise DataError(f"{table}: not a readable CSV file ({type(exc).__name__}: {exc})") from exc
+    wanted = ["file"] + [c for c in (spec.label_column if labelled else None, spec.split_column) if c]
+    with csv_table(table, wanted) as reader:
+        return list(reader)
 
 
 def _read(path: Path, readers: dict[str, Callable]) -> Any:
@@ -121,11 +113,7 @@ def read_graph_files(spec: Any, labelled: bool = True) -> SourceGraphs:
             kept.append(row)
         except (ValueError, TypeError) as exc:
             skipped.append((row["file"], str(exc), row.get(spec.split_column or "")))
-    if skipped and not spec.skip_invalid:
-        raise DataError(f"{folder}: {len(skipped)} graph files cannot be read, the first {skipped[0][0]!r}: "
-                        f"{skipped[0][1]} (dataset.skip_invalid=true leaves them out)")
-    if not graphs:
-        raise DataError(f"{folder}: no graph file could be read" + (f" ({skipped[0][1]})" if skipped else ""))
+    check_read(folder, graphs, skipped, spec.skip_invalid, "graph file")
     class_names = _set_labels(graphs, kept, spec, folder, labelled)
     split = user_split([r[spec.split_column] for r in kept], f"{folder / LABELS_FILE} column {spec.split_column!r}") \
         if spec.split_column else None
@@ -141,7 +129,4 @@ def _set_labels(graphs: list, rows: list[dict], spec: Any, folder: Path, labelle
         return []
     if unlabelled:
         raise DataError(f"{folder / LABELS_FILE}: {unlabelled[0]} has no {spec.label_column}")
-    index, names = class_index(labels, f"{folder / LABELS_FILE} column {spec.label_column!r}")
-    for g, y in zip(graphs, index):
-        g.y = torch.tensor([y])
-    return names
+    return label_graphs(graphs, labels, f"{folder / LABELS_FILE} column {spec.label_column!r}")

@@ -7,13 +7,13 @@ parse is reported with its line number and left out (or refused, with ``skip_inv
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 
-from mempool_cli.data.source import NO_LABEL, Codes, SourceGraphs, class_index, graph, user_split
+from mempool_cli.data.source import NO_LABEL, Codes, SourceGraphs, check_read, csv_table, graph, label_graphs
+from mempool_cli.data.source import user_split
 from mempool_cli.errors import DataError
 
 ATOM_VALUES = ("element", "degree", "formal charge", "hydrogens", "aromatic", "hybridisation", "in ring")
@@ -74,23 +74,19 @@ class MoleculeGraphs:
         return graph(edge_index, mol.GetNumAtoms(), y, cat=cat, edge_cat=edge_cat)
 
 
-def _csv_records(path: Path, spec: Any, labelled: bool) -> Iterator[tuple[int, str, Optional[str], dict]]:
-    """(line, id, SMILES, row) for each CSV row; a missing column is refused, naming the columns there are."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        wanted = [spec.smiles_column] + [c for c in (spec.split_column,) if c]
-        wanted += [c for c in (spec.label_column, spec.id_column) if c] if labelled else []
-        for column in wanted:
-            if column not in columns:
-                raise DataError(f"{path} has no column {column!r} (its columns: {', '.join(columns) or 'none'})")
+def _csv_records(path: Path, spec: Any, labelled: bool, chem: Any) -> Iterator[tuple[int, str, Any, dict, str]]:
+    """(line, id, molecule or None, row, SMILES) for each CSV row."""
+    wanted = [spec.smiles_column] + [c for c in (spec.split_column,) if c]
+    wanted += [c for c in (spec.label_column, spec.id_column) if c] if labelled else []
+    with csv_table(path, wanted) as reader:
         for number, row in enumerate(reader):
             rid = row.get(spec.id_column) or str(number) if spec.id_column else str(number)
-            yield reader.line_num, rid, row[spec.smiles_column], row
+            smiles = row[spec.smiles_column]
+            yield reader.line_num, rid, chem.MolFromSmiles(smiles) if smiles else None, row, smiles
 
 
-def _sdf_records(path: Path, spec: Any, chem: Any) -> Iterator[tuple[int, str, Any, dict]]:
-    """(first line, id, molecule or None, properties) for each SDF record."""
+def _sdf_records(path: Path, spec: Any, chem: Any) -> Iterator[tuple[int, str, Any, dict, None]]:
+    """(first line, id, molecule or None, properties, no SMILES) for each SDF record."""
     starts, line = [1], 0
     with open(path, "rb") as handle:
         for line, text in enumerate(handle, start=1):
@@ -100,7 +96,7 @@ def _sdf_records(path: Path, spec: Any, chem: Any) -> Iterator[tuple[int, str, A
         for number, mol in enumerate(chem.ForwardSDMolSupplier(handle, sanitize=True, removeHs=True)):
             props = mol.GetPropsAsDict(includePrivate=True) if mol is not None else {}
             name = props.get(spec.id_column) if spec.id_column else props.get("_Name")
-            yield starts[number], str(name) if name not in (None, "") else str(number), mol, props
+            yield starts[number], str(name) if name not in (None, "") else str(number), mol, props, None
 
 
 def read_molecules(spec: Any, labelled: bool = True) -> SourceGraphs:
@@ -114,18 +110,17 @@ def read_molecules(spec: Any, labelled: bool = True) -> SourceGraphs:
     make = MoleculeGraphs()
     graphs, ids, labels, parts, skipped = [], [], [], [], []
     csv_file = path.suffix.lower() == ".csv"
-    records = _csv_records(path, spec, labelled) if csv_file else _sdf_records(path, spec, chem)
+    records = _csv_records(path, spec, labelled, chem) if csv_file else _sdf_records(path, spec, chem)
     properties: set[str] = set()
-    for line, rid, item, row in _checked(records, path):
+    for line, rid, mol, row, smiles in records:
         properties.update(row)
-        mol = chem.MolFromSmiles(item) if csv_file and item else (item if not csv_file else None)
         label = row.get(spec.label_column)
-        reason = _problem(mol, label, labelled, csv_file, item)
+        reason = _problem(mol, label, labelled, smiles)
         if reason:
             skipped.append((rid, f"line {line}: {reason}", row.get(spec.split_column) if spec.split_column else None))
             continue
         graphs.append(make(mol, NO_LABEL))
-        graphs[-1].structure = item if csv_file else chem.MolToMolBlock(mol)  # for drawings (`mempool show`)
+        graphs[-1].structure = smiles if smiles is not None else chem.MolToMolBlock(mol)  # for `mempool show`
         ids.append(rid)
         labels.append(label)
         parts.append(row.get(spec.split_column) if spec.split_column else None)
@@ -136,17 +131,9 @@ def read_molecules(spec: Any, labelled: bool = True) -> SourceGraphs:
     return _finish(path, spec, graphs, ids, labels, parts, skipped, make, labelled)
 
 
-def _checked(records: Iterator, path: Path) -> Iterator:
-    """The records, with a file that is not text of the expected shape refused in one line."""
-    try:
-        yield from records
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV/SDF file ({type(exc).__name__}: {exc})") from exc
-
-
-def _problem(mol: Any, label: Any, labelled: bool, csv_file: bool, smiles: Any) -> Optional[str]:
+def _problem(mol: Any, label: Any, labelled: bool, smiles: Optional[str]) -> Optional[str]:
     if mol is None:
-        return f"RDKit cannot parse the SMILES {smiles!r}" if csv_file else "RDKit cannot parse this record"
+        return f"RDKit cannot parse the SMILES {smiles!r}" if smiles is not None else "RDKit cannot parse this record"
     if mol.GetNumAtoms() == 0:
         return "the molecule has no atoms"
     if labelled and (label is None or str(label).strip() == ""):
@@ -156,17 +143,10 @@ def _problem(mol: Any, label: Any, labelled: bool, csv_file: bool, smiles: Any) 
 
 def _finish(path: Path, spec: Any, graphs: list, ids: list, labels: list, parts: list, skipped: list,
             make: MoleculeGraphs, labelled: bool) -> SourceGraphs:
-    if skipped and not spec.skip_invalid:
-        raise DataError(f"{path}: {len(skipped)} molecules cannot be read, the first {skipped[0][0]!r} at "
-                        f"{skipped[0][1]} (dataset.skip_invalid=true leaves them out)")
-    if not graphs:
-        raise DataError(f"{path}: no molecule could be read" + (f" ({skipped[0][1]})" if skipped else ""))
+    check_read(path, graphs, skipped, spec.skip_invalid, "molecule")
     has_labels = all(label not in (None, "") for label in labels)
-    class_names: list[str] = []
-    if labelled or has_labels:
-        index, class_names = class_index(labels, f"{path} column {spec.label_column!r}")
-        for g, y in zip(graphs, index):
-            g.y = torch.tensor([y])
+    class_names = label_graphs(graphs, labels, f"{path} column {spec.label_column!r}") \
+        if labelled or has_labels else []
     split = user_split(parts, f"{path} column {spec.split_column!r}") if spec.split_column else None
     return SourceGraphs(name=spec.name, graphs=graphs, ids=ids, class_names=class_names, cat_names=list(ATOM_VALUES),
                         cat_values=[c.values for c in make.atom_codes], edge_names=list(BOND_VALUES),

@@ -6,8 +6,11 @@ as codes into the dataset's :attr:`SourceGraphs.cat_values`, optionally categori
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 from dataclasses import dataclass, field, replace
-from typing import Any, Hashable, Optional, Sequence
+from pathlib import Path
+from typing import Any, Hashable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -68,16 +71,44 @@ class Codes:
         return list(self.index)
 
 
-def class_index(labels: Sequence[Hashable], what: str) -> tuple[list[int], list[str]]:
-    """Class indices and names of labels as the user wrote them: integers sorted as numbers (-1, 1), anything
-    else as text. A label column with one class cannot be learned from and is refused."""
+def label_graphs(graphs: Sequence[Data], labels: Sequence[Hashable], what: str) -> list[str]:
+    """Give each graph the class index of its label as the user wrote it; returns the class names: integers sorted
+    as numbers (-1, 1), anything else as text. A label column with one class cannot be learned from and is
+    refused."""
     text = [str(label).strip() for label in labels]
     names = sorted(set(text), key=_number_first)
     if len(names) < 2:
         raise DataError(f"{what}: every graph has the label {names[0]!r}; a classifier needs at least two classes"
                         if names else f"{what}: no labelled graphs")
     position = {name: i for i, name in enumerate(names)}
-    return [position[t] for t in text], names
+    for g, label in zip(graphs, text):
+        g.y = torch.tensor([position[label]])
+    return names
+
+
+def check_read(where: Any, graphs: Sequence[Data], skipped: Sequence[tuple], skip_invalid: bool, noun: str) -> None:
+    """Refuse an input whose unreadable entries (``skipped``) may not be left out, or that has nothing readable."""
+    if skipped and not skip_invalid:
+        raise DataError(f"{where}: {len(skipped)} {noun}s cannot be read, the first {skipped[0][0]!r}: "
+                        f"{skipped[0][1]} (dataset.skip_invalid=true leaves them out)")
+    if not graphs:
+        raise DataError(f"{where}: no {noun} could be read" + (f" ({skipped[0][1]})" if skipped else ""))
+
+
+@contextlib.contextmanager
+def csv_table(path: Path, wanted: Sequence[str]) -> Iterator[csv.DictReader]:
+    """The rows of a CSV file whose header has the ``wanted`` columns; a missing column is refused naming the
+    columns there are, and a file that is not readable CSV text (binary, an oversized field) in one line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [column for column in wanted if column not in columns]
+            if missing:
+                raise DataError(f"{path} has no column {missing[0]!r} (its columns: {', '.join(columns) or 'none'})")
+            yield reader
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({type(exc).__name__}: {exc})") from exc
 
 
 def _number_first(text: str) -> tuple:
