@@ -9,27 +9,13 @@ from typing import Any, Callable, Optional
 import torch
 
 from mempool_cli import data
-from mempool_cli.artifacts import CHECKPOINT, FOLDS, csv_text, load_checkpoint, write_atomic
+from mempool_cli.artifacts import csv_text, load_checkpoint, write_atomic
 from mempool_cli.device import pick_device
 from mempool_cli.errors import CheckpointError
 from mempool_cli.evaluation import class_names, classification_report, model_of
+from mempool_cli.sweep import run_checkpoints
 
 BatchCallback = Callable[[int, int], None]  # (graphs done, graphs in all)
-
-
-def checkpoint_paths(path: str | Path) -> list[Path]:
-    """The checkpoints that ``path`` names: a checkpoint file, a run directory (its ``checkpoint.pt``), or a k-fold
-    run directory (the best checkpoint of every finished fold)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if (path / CHECKPOINT).is_file():
-        return [path / CHECKPOINT]
-    if (path / FOLDS).is_file():
-        folds = [d for d in path.glob("fold_*") if d.name[5:].isdigit() and (d / CHECKPOINT).is_file()]
-        if folds:
-            return [d / CHECKPOINT for d in sorted(folds, key=lambda d: int(d.name[5:]))]
-    raise CheckpointError(f"{path}: not a checkpoint, a run directory or a k-fold run directory with checkpoints")
 
 
 @torch.no_grad()
@@ -53,7 +39,7 @@ def predict(checkpoint: str | Path, input_path: str, device: str = "auto", batch
     where given): per graph its id, predicted class and the probability
     of each class (the mean over the folds for a k-fold run); graphs that cannot be read get their reason;
     with labels, the accuracy and confusion matrix."""
-    paths = checkpoint_paths(checkpoint)
+    paths = run_checkpoints(checkpoint)
     torch_device = pick_device(device)
     checkpoints = [load_checkpoint(p) for p in paths]
     names = class_names(checkpoints[0]["dataset"])

@@ -12,34 +12,30 @@ import torch
 from torch_geometric.data import Batch
 
 from mempool_cli import data, figures
-from mempool_cli.artifacts import CHECKPOINT, FOLDS, load_checkpoint
+from mempool_cli.artifacts import CHECKPOINT, FOLDS, fold_dir, load_checkpoint
 from mempool_cli.device import pick_device
 from mempool_cli.engine import assignment_stats
 from mempool_cli.errors import CheckpointError, DataError, MempoolError
 from mempool_cli.evaluation import class_names, model_of
-from mempool_cli.sweep import fold_rows
+from mempool_cli.sweep import finished_folds, run_checkpoints
 
 DEFAULT_GRAPHS = 2  # graphs drawn when none is named
 
 
 def pick_checkpoint(path: str | Path, fold: Optional[int] = None) -> Path:
-    """A checkpoint file, a run directory's checkpoint, or one fold's of a k-fold run (``fold``; default the fold
-    with the best validation accuracy)."""
+    """A checkpoint file, a run directory's checkpoint, or one finished fold's of a k-fold run (``fold``; default
+    the fold with the best validation accuracy)."""
     path = Path(path)
-    if path.is_file():
-        return path
-    if (path / FOLDS).is_file():
-        done = [row for row in fold_rows(path) if row["status"] == "done"]
-        if not done:
-            raise CheckpointError(f"{path}: no fold has finished")
-        chosen = fold if fold is not None else max(done, key=lambda row: row["val_acc"])["fold"]
-        if not (path / f"fold_{chosen}" / CHECKPOINT).is_file():
-            raise CheckpointError(f"--fold: {path} has no finished fold {chosen} (finished: "
-                                  f"{', '.join(str(r['fold']) for r in done)})")
-        return path / f"fold_{chosen}" / CHECKPOINT
-    if (path / CHECKPOINT).is_file():
-        return path / CHECKPOINT
-    raise CheckpointError(f"{path}: not a checkpoint, a run directory or a k-fold run directory")
+    if not (path / FOLDS).is_file():
+        return run_checkpoints(path)[0]
+    done = {row["fold"]: row for row in finished_folds(path)}
+    if not done:
+        raise CheckpointError(f"{path}: no fold has finished")
+    chosen = fold if fold is not None else max(done.values(), key=lambda row: row["val_acc"])["fold"]
+    if chosen not in done:
+        raise CheckpointError(f"--fold: {path} has no finished fold {chosen} (finished: "
+                              f"{', '.join(str(f) for f in done)})")
+    return fold_dir(path, chosen) / CHECKPOINT
 
 
 @dataclass

@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from mempool_cli.artifacts import FAILED, FOLDS, METRICS, csv_text, fold_dir, read_json, read_yaml, write_atomic, write_json
-from mempool_cli.errors import MempoolError
+from mempool_cli.artifacts import CHECKPOINT, FAILED, FOLDS, METRICS, csv_text, fold_dir, read_json, read_yaml
+from mempool_cli.artifacts import write_atomic, write_json
+from mempool_cli.errors import CheckpointError, MempoolError
 from mempool_cli.report import mean_std_table, rows_table
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,24 @@ def fold_rows(run_dir: Path) -> list[dict[str, Any]]:
         metrics = read_metrics(fold_dir(run_dir, i) / METRICS)
         rows.append({"fold": i, "status": "done" if metrics else "unfinished", **(metrics or {})})
     return rows
+
+
+def finished_folds(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a k-fold run's finished folds (a fold still training has a checkpoint too, but no metrics)."""
+    return [row for row in fold_rows(run_dir) if row["status"] == "done"]
+
+
+def run_checkpoints(path: Path) -> list[Path]:
+    """The checkpoints that ``path`` names: a checkpoint file, a run directory (its ``checkpoint.pt``), or a k-fold
+    run directory (the best checkpoint of every finished fold, in fold order)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if (path / CHECKPOINT).is_file():
+        return [path / CHECKPOINT]
+    if (path / FOLDS).is_file() and (done := finished_folds(path)):
+        return [fold_dir(path, row["fold"]) / CHECKPOINT for row in done]
+    raise CheckpointError(f"{path}: not a checkpoint, a run directory or a k-fold run directory with finished folds")
 
 
 def fold_summary(rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:

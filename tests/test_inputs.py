@@ -14,10 +14,11 @@ import torch
 from conftest import SHARED_TU, run_cli, write_tu_dataset
 from mempool_cli.config import DataSpec
 from mempool_cli.data import Dataset, read_source
-from mempool_cli.errors import ConfigError, DataError
+from mempool_cli.errors import CheckpointError, ConfigError, DataError
 from mempool_cli.evaluation import evaluate_checkpoint
 from mempool_cli.prediction import predict, write_predictions
 from mempool_cli.protocols import train
+from mempool_cli.show import pick_checkpoint
 from test_core import spec_of
 
 MOLECULES = SHARED_TU.parent / "molecules"
@@ -242,6 +243,10 @@ def test_kfold_predict_averages_the_folds(tmp_path, data_env):
     assert both["ensemble"] == "mean probabilities of 2 fold checkpoints" and each[0]["ensemble"] == "one checkpoint"
     for row, first, second in zip(both["rows"], each[0]["rows"], each[1]["rows"]):
         assert row["p_1"] == pytest.approx((first["p_1"] + second["p_1"]) / 2)
+    (tmp_path / "run" / "fold_1" / "metrics.json").unlink()  # fold 1 still training: its checkpoint is not final
+    assert predict(tmp_path / "run", "TINY")["checkpoints"] == [str(tmp_path / "run" / "fold_0" / "checkpoint.pt")]
+    with pytest.raises(CheckpointError, match="no finished fold 1"):
+        pick_checkpoint(tmp_path / "run", 1)
 
 
 def test_predict_on_the_command_line(solubility_run, tmp_path):
