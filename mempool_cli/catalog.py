@@ -19,22 +19,22 @@ def configs_root() -> Any:
         return Path(__file__).resolve().parents[1] / "configs"
 
 
+def _choices(group: str) -> list[str]:
+    """The choices of one config group: the YAML files of ``configs/<group>/``, sorted."""
+    folder = configs_root().joinpath(*group.split("/"))
+    return sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
 def config_choices() -> dict[str, list[str]]:
-    """Each config group's choices (the YAML files of ``configs/<group>/``)."""
-    root = configs_root()
-    choices = {}
-    for group in CONFIG_GROUPS:
-        folder = root.joinpath(*group.split("/"))
-        choices[group] = sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
-    return choices
+    """Each config group's choices."""
+    return {group: _choices(group) for group in CONFIG_GROUPS}
 
 
 def preset_names() -> set[str]:
     """The datasets with a config in ``configs/dataset/`` (found in the installed package)."""
     from mempool_cli.config import DATA_KINDS  # entries of configs/dataset/ that are kinds of input, not presets
 
-    folder = configs_root() / "dataset"
-    return {entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml")} - set(DATA_KINDS)
+    return set(_choices("dataset")) - set(DATA_KINDS)
 
 
 def _raw_datasets(folder: Optional[Path]) -> dict[str, Path]:
