@@ -20,6 +20,7 @@ from mempool_cli.evaluation import class_names, model_of
 from mempool_cli.sweep import finished_folds, run_checkpoints
 
 DEFAULT_GRAPHS = 2  # graphs drawn when none is named
+SPLIT_BATCH = 256  # graphs per forward pass over a split
 
 
 def pick_checkpoint(path: str | Path, fold: Optional[int] = None) -> Path:
@@ -127,12 +128,11 @@ def _split_figures(model: torch.nn.Module, graphs: Graphs, names: list[str], dev
                    title: str) -> list[tuple[str, Any]]:
     per_layer: list[list[torch.Tensor]] = [[] for _ in model.memory]
     labels = graphs.source.labels[graphs.index]
-    for start in range(0, len(graphs.index), 256):
-        chunk = [graphs.graphs.graphs[i] for i in graphs.index[start:start + 256]]
+    for start in range(0, len(graphs.index), SPLIT_BATCH):
+        chunk = [graphs.graphs.graphs[i] for i in graphs.index[start:start + SPLIT_BATCH]]
         _, assignments = _forward(model, chunk, device)
-        batch = Batch.from_data_list(chunk).batch
-        for store, S in zip(per_layer, assignments):
-            store.extend(S.split(torch.bincount(batch).tolist()) if S.dim() == 2 else list(S))
+        for store, S in zip(per_layer, assignments):  # the first layer's rows are nodes, a later layer's per graph
+            store.extend(S.split([g.num_nodes for g in chunk]) if S.dim() == 2 else list(S))
     out = []
     for layer, S_list in enumerate(per_layer):
         if S_list[0].size(-1) < 2:
