@@ -7,8 +7,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 import torch.nn.functional as F
-from torch_geometric.loader import DataLoader
 
+from mempool_cli.data.batching import GraphLoader
 from mempool_cli.model import MemGNN
 
 BatchCallback = Callable[[int, float], None]
@@ -16,7 +16,7 @@ BatchCallback = Callable[[int, float], None]
 
 def train_epoch(
     model: MemGNN,
-    loader: DataLoader,
+    loader: GraphLoader,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     kl_schedule: str = "paper",
@@ -63,8 +63,8 @@ def train_epoch(
             "acc": totals["correct"] / seen}
 
 
-@torch.no_grad()
-def evaluate(model: MemGNN, loader: DataLoader, device: torch.device, kl_weight: float = 1.0) -> dict:
+@torch.inference_mode()
+def evaluate(model: MemGNN, loader: GraphLoader, device: torch.device, kl_weight: float = 1.0) -> dict:
     """Mean ``loss``, ``ce``, ``kl`` and ``acc`` over ``loader``, with the predictions and targets."""
     model.eval()
     ce_sum = kl_sum = 0.0
@@ -102,8 +102,8 @@ def assignment_stats(assignments: list[Tensor]) -> dict[str, float]:
             "normalized_entropy": entropy.mean().item(), "keys_used": int(S.argmax(-1).unique().numel())}
 
 
-@torch.no_grad()
-def memory_stats(model: MemGNN, loader: DataLoader, device: torch.device) -> list[dict[str, float]]:
+@torch.inference_mode()
+def memory_stats(model: MemGNN, loader: GraphLoader, device: torch.device) -> list[dict[str, float]]:
     """:func:`assignment_stats` of each memory layer over every graph of ``loader`` (the first layer's rows are
     the nodes, a later layer's the clusters of the layer before)."""
     model.eval()

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
-from torch_geometric.loader import DataLoader
 
 from mempool_cli.config import OptimSpec, TrainSpec, registry
 from mempool_cli import config
+from mempool_cli.data.batching import GraphLoader
 from mempool_cli.engine import evaluate, train_epoch
 
 log = logging.getLogger(__name__)
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam/AdamW step
 OPTIMIZERS = registry(config.OPTIMIZERS, adam=torch.optim.Adam, adamw=torch.optim.AdamW)
 SCHEDULERS = registry(
     config.SCHEDULERS,
@@ -59,7 +60,8 @@ class TrainState:
         keys = {id(key) for key in model.memory_keys()}
         groups = [{"params": [p for p in model.parameters() if id(p) not in keys]},
                   {"params": model.memory_keys(), "lr": optim.memory_lr or optim.lr}]
-        optimizer = OPTIMIZERS[optim.name](groups, lr=optim.lr, weight_decay=optim.weight_decay)
+        fused = next(model.parameters()).device.type in FUSED_DEVICES  # one fused step for all parameters
+        optimizer = OPTIMIZERS[optim.name](groups, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
         scheduler = SCHEDULERS[optim.scheduler](optimizer, optim, epochs)
         state = cls(model, optimizer, scheduler, torch.Generator().manual_seed(seed))
         state.best_model_state = copy.deepcopy(model.state_dict())
@@ -138,7 +140,7 @@ def _step_scheduler(scheduler: Optional[Any], val_loss: float) -> None:
         scheduler.step()
 
 
-def run_epoch(state: TrainState, train_loader: DataLoader, val_loader: DataLoader, spec: TrainSpec,
+def run_epoch(state: TrainState, train_loader: GraphLoader, val_loader: GraphLoader, spec: TrainSpec,
               device: torch.device, callbacks: Sequence[Callback]) -> dict[str, float]:
     """Train one epoch, validate, step the scheduler; returns the epoch's scalars, named as in TensorBoard."""
     def on_batch(step: int, loss: float) -> None:
@@ -156,7 +158,7 @@ def run_epoch(state: TrainState, train_loader: DataLoader, val_loader: DataLoade
     return {**stats, "lr": lr}
 
 
-def fit(state: TrainState, train_loader: DataLoader, val_loader: DataLoader, spec: TrainSpec,
+def fit(state: TrainState, train_loader: GraphLoader, val_loader: GraphLoader, spec: TrainSpec,
         device: torch.device, callbacks: Sequence[Callback]) -> TrainState:
     """Train from ``state.epoch`` to ``spec.epochs`` or an early stop, telling ``callbacks`` as it goes."""
     for callback in callbacks:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from mempool_cli import config
 from mempool_cli.config import ModelSpec, registry
-from mempool_cli.nn import MemPooling
+from mempool_cli.nn import MemPooling, dropout
 
 
 def _mlp(hidden: int) -> nn.Module:
@@ -86,7 +86,7 @@ class MemGNN(nn.Module):
         edges = (edge_attr,) if self.uses_edges else ()
         for conv, norm in zip(self.convs, self.norms):
             h = F.relu(norm(conv(x, edge_index, *edges)))
-            x = x + F.dropout(h, self.dropout, training=self.training)
+            x = x + dropout(h, self.dropout, self.training)
         if self.memory_norm == "sphere":
             x = F.normalize(x, dim=-1) * self.memory_radius
         elif self.memory_norm == "batch":
@@ -147,7 +147,7 @@ class MemGNN(nn.Module):
                 h, S = layer(h, batch, batch_size=batch_size)
             kls.append(MemPooling.kl_loss(S, batch, batch_size) if S.dim() == 2 else type(layer).kl_loss(S))
             assignments.append(S)
-            h = F.dropout(F.leaky_relu(h), self.dropout, training=self.training)
+            h = dropout(F.leaky_relu(h), self.dropout, self.training)
         features = h.mean(dim=1)
         if self.baseline is not None:
             pooled = [pool(x, batch, size=batch_size) for pool in READOUTS[self.readout]]

@@ -18,7 +18,7 @@ from mempool_cli.sweep import run_checkpoints
 BatchCallback = Callable[[int, int], None]  # (graphs done, graphs in all)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _probabilities(model: torch.nn.Module, graphs: data.GraphSet, device: torch.device, batch_size: int,
                    on_batch: Optional[BatchCallback], done: int, total: int) -> torch.Tensor:
     model.eval()

@@ -13,15 +13,15 @@ from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor
-from torch_geometric.loader import DataLoader
 
 from mempool_cli.config import DataSpec, default_data_root, default_data_source
+from mempool_cli.data.batching import GraphBatch, GraphLoader
 from mempool_cli.data.features import GraphSet, featurize, fit_feature_stats, resolve_recipe, vocabulary
 from mempool_cli.data.source import NO_LABEL, SourceGraphs
 from mempool_cli.data.splits import check_same_data, labels_hash
 from mempool_cli.errors import DataError
 
-__all__ = ["Dataset", "GraphSet", "SourceGraphs", "checkpoint_data", "featurize_input", "from_checkpoint", "make_loader",
+__all__ = ["Dataset", "GraphBatch", "GraphLoader", "GraphSet", "SourceGraphs", "checkpoint_data", "featurize_input", "from_checkpoint", "make_loader",
            "read_input", "read_source"]
 
 
@@ -177,6 +177,6 @@ def _map_labels(source: SourceGraphs, class_names: list[str], path: str) -> None
 
 
 def make_loader(graphs: GraphSet, index: list[int], batch_size: int, shuffle: bool = False,
-                generator: Optional[torch.Generator] = None) -> DataLoader:
-    """A PyG DataLoader over the graphs at ``index``; shuffling draws from ``generator``."""
-    return DataLoader([graphs.graphs[i] for i in index], batch_size=batch_size, shuffle=shuffle, generator=generator)
+                generator: Optional[torch.Generator] = None) -> GraphLoader:
+    """Batches of the graphs at ``index``; shuffling draws from ``generator``."""
+    return GraphLoader([graphs.graphs[i] for i in index], batch_size, shuffle, generator)

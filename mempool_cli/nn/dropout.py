@@ -1,0 +1,28 @@
+"""Inverted dropout with a cheap mask: 16 random bits per element instead of a Bernoulli draw."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BITS = 16
+LEVELS = 1 << BITS
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """``F.dropout`` in distribution, with ``p`` rounded to a multiple of 1/65536 (the kept values are scaled by
+    the exact inverse of the rounded keep probability, so the expectation is ``x``). On the CPU the mask comes
+    from whole 64-bit random words cut into four 16-bit draws: about 5x cheaper than torch's per-element
+    Bernoulli sampling, which was a fifth of a training epoch. Other devices use ``F.dropout`` (one fused
+    kernel there). Seeded by torch's global generator like ``F.dropout``."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    dropped = round(p * LEVELS)
+    if dropped >= LEVELS:
+        return x * 0.0
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
+    draws = words.view(torch.int16)[: x.numel()].view(x.shape)  # uniform over [-32768, 32767]
+    keep = draws >= dropped - LEVELS // 2
+    return x * (keep.to(x.dtype) * (LEVELS / (LEVELS - dropped)))

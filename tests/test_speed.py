@@ -1,0 +1,82 @@
+"""The faster paths of a training epoch compute what the slower ones did: batches gathered from packed tensors
+equal PyG's collation, the cheap dropout mask is dropout, the optimiser step is fused."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from mempool_cli.config import OptimSpec
+from mempool_cli.data import GraphLoader
+from mempool_cli.loop import TrainState
+from mempool_cli.model import MemGNN
+from mempool_cli.nn import dropout
+
+
+def graphs(with_edge_attr: bool, count: int = 23) -> list[Data]:
+    generator = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(count):
+        n = int(torch.randint(1, 9, (1,), generator=generator))
+        e = 0 if i % 5 == 0 else int(torch.randint(1, 3 * n + 1, (1,), generator=generator))
+        edge_index = torch.randint(0, n, (2, e), generator=generator)
+        edge_attr = torch.randn(e, 3, generator=generator) if with_edge_attr else None
+        out.append(Data(x=torch.randn(n, 4, generator=generator), edge_index=edge_index, edge_attr=edge_attr,
+                        y=torch.tensor([i % 3])))
+    return out
+
+
+@pytest.mark.parametrize("with_edge_attr", [False, True])
+def test_loader_batches_equal_pygs_collation(with_edge_attr):
+    data = graphs(with_edge_attr)
+    loader = GraphLoader(data, batch_size=5)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 5
+    for start, ours in zip(range(0, len(data), 5), batches):
+        ref = Batch.from_data_list(data[start:start + 5])
+        for name in ("x", "edge_index", "y", "batch") + (("edge_attr",) if with_edge_attr else ()):
+            assert torch.equal(getattr(ours, name), getattr(ref, name)), name
+        assert ours.num_graphs == ref.num_graphs
+        assert (ours.edge_attr is None) == (not with_edge_attr)
+
+
+def test_shuffled_batches_are_a_seeded_permutation():
+    data = graphs(False)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(7))
+    loader = GraphLoader(data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(7))
+    labels = torch.cat([b.y for b in loader])
+    assert torch.equal(labels, torch.cat([data[i].y for i in order]))
+    first = Batch.from_data_list([data[i] for i in order[:4]])
+    again = next(iter(GraphLoader(data, 4, shuffle=True, generator=torch.Generator().manual_seed(7))))
+    assert torch.equal(again.x, first.x) and torch.equal(again.edge_index, first.edge_index)
+
+
+def test_dropout_keeps_the_expectation_and_drops_its_share():
+    torch.manual_seed(0)
+    x = torch.rand(500_000) + 0.5
+    for p in (0.1, 0.5, 0.8):
+        out = dropout(x, p)
+        dropped = (out == 0).double().mean().item()
+        assert abs(dropped - p) < 0.004, (p, dropped)
+        assert abs(out.mean().item() - x.mean().item()) < 0.01 * x.mean().item()
+        kept = out != 0
+        assert torch.allclose(out[kept], x[kept] / (1 - p), rtol=1e-4)
+
+
+def test_dropout_is_seeded_and_its_gradient_is_the_mask():
+    x = torch.randn(64, 33, requires_grad=True)
+    torch.manual_seed(3)
+    a = dropout(x, 0.5)
+    torch.manual_seed(3)
+    b = dropout(x, 0.5)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, dropout(x, 0.5))
+    a.sum().backward()
+    assert torch.equal(x.grad, (a != 0).float() * 2.0)
+    assert dropout(x, 0.5, training=False) is x and dropout(x, 0.0) is x
+
+
+def test_the_optimiser_step_is_fused_on_the_cpu():
+    model = MemGNN(4, 2, clusters=(3, 1), heads=(2, 2), tau=(1.0, 1.0))
+    state = TrainState.create(model, OptimSpec(), epochs=2, seed=0)
+    assert all(group["fused"] for group in state.optimizer.param_groups)
