@@ -86,10 +86,11 @@ def test_random_batches_match_pyg(dtype, seed):
         {"sizes": [5, 3, 7], "clusters": 1},
         {"sizes": [6, 2, 9], "tau": 0.5},
         {"sizes": [6, 2, 9], "tau": 3.0, "heads": 2, "clusters": 3},
+        {"sizes": [6, 2, 9], "tau": 30.0},  # mempool's default
         {"sizes": [3, 200, 2, 4]},  # one graph far larger than the rest
         {"sizes": [7]},  # a single graph
     ],
-    ids=["one-node", "heads1", "clusters1", "tau0.5", "tau3", "one-large-graph", "single-graph"],
+    ids=["one-node", "heads1", "clusters1", "tau0.5", "tau3", "tau30", "one-large-graph", "single-graph"],
 )
 def test_edge_cases_match_pyg(dtype, case):
     options = {key: value for key, value in case.items() if key != "sizes"}

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,6 +17,15 @@ namespace {
 
 constexpr double kEps = 1e-15;
 constexpr int64_t kNodeGrain = 128;  // nodes per parallel task
+
+// In-place f(p[0..n)) with ATen's vectorised math (SLEEF under the AVX2 build), tail included.
+template <typename T, typename F>
+void map_inplace(T* p, int64_t n, const F& f) {
+  using V = at::vec::Vectorized<T>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) f(V::loadu(p + i)).store(p + i);
+  if (i < n) f(V::loadu(p + i, n - i)).store(p + i, n - i);
+}
 
 // Start of each graph's nodes in the sorted `batch`: ptr[b]..ptr[b+1] are graph b's rows.
 std::vector<int64_t> segment_ptr(const Tensor& batch, int64_t num_graphs) {
@@ -52,6 +62,7 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
   const Tensor key_sq = (keys * keys).sum(1).contiguous();
   const Tensor w_c = w.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "assign_pool_forward", [&] {
+    using Vec = at::vec::Vectorized<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* kk = key_sq.data_ptr<scalar_t>();
     const scalar_t* wp = w_c.data_ptr<scalar_t>();
@@ -76,9 +87,11 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
         if (tau != 1.0) {  // (1 + d / tau)^(-(1 + tau) / 2), relative to each head's nearest key: the per-head
           for (int64_t h = 0; h < H; ++h) {  // normalisation below cancels the factor, and nothing underflows to 0/0
             scalar_t* shh = shi + h * K;
-            const scalar_t nearest = *std::max_element(shh, shh + K);
-            for (int64_t k = 0; k < K; ++k) shh[k] = std::pow(shh[k] / nearest, power);
+            const scalar_t scale = 1 / *std::max_element(shh, shh + K);
+            for (int64_t k = 0; k < K; ++k) shh[k] *= scale;
           }
+          const Vec exponent(power);
+          map_inplace(shi, HK, [&](const Vec& v) { return (v.log() * exponent).exp(); });
         }
         std::fill(logits.begin(), logits.end(), scalar_t(0));
         for (int64_t h = 0; h < H; ++h) {  // normalise each head over K, then merge the heads
@@ -93,9 +106,10 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
             logits[k] += wp[h] * shh[k];
           }
         }
-        const scalar_t top = *std::max_element(logits.begin(), logits.end());
+        const Vec top(*std::max_element(logits.begin(), logits.end()));
+        map_inplace(logits.data(), K, [&](const Vec& v) { return (v - top).exp(); });
         scalar_t total = 0;
-        for (int64_t k = 0; k < K; ++k) total += (logits[k] = std::exp(logits[k] - top));
+        for (int64_t k = 0; k < K; ++k) total += logits[k];
         for (int64_t k = 0; k < K; ++k) sp[i * K + k] = logits[k] / total;
       }
     });
@@ -252,13 +266,14 @@ std::vector<Tensor> kl_forward(const Tensor& S, const Tensor& batch, int64_t num
           scalar_t* pi = pp + i * K;
           scalar_t r = 0;
           for (int64_t k = 0; k < K; ++k) r += (pi[k] = si[k] * si[k] / cg[k]);
-          scalar_t loss = 0;
+          scalar_t* li = lp + i * K;
           for (int64_t k = 0; k < K; ++k) {
             pi[k] /= r;
-            // log P - log S, with P clamped like PyG's
-            lp[i * K + k] = std::log(std::max(pi[k] / std::max(si[k], eps), eps));
-            loss += pi[k] * lp[i * K + k];
+            li[k] = std::max(pi[k] / std::max(si[k], eps), eps);  // P / S, with P clamped like PyG's
           }
+          map_inplace(li, K, [](const at::vec::Vectorized<scalar_t>& v) { return v.log(); });
+          scalar_t loss = 0;
+          for (int64_t k = 0; k < K; ++k) loss += pi[k] * li[k];
           nl[i] = loss;
         }
       }
