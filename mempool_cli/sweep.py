@@ -142,29 +142,36 @@ def is_kfold_run(path: Path) -> bool:
     return (path / FOLDS).exists() or any(path.glob("fold_*"))
 
 
-def fold_selection(sweep_dir: Path, rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """Model selection per fold over a sweep of k-fold jobs (Errica et al.'s protocol): in each fold, the job with
-    the best validation accuracy (the first job on a tie) and its test accuracy. ``rows`` are the sweep's
-    :func:`sweep_rows`.
+def select_folds(runs: list[tuple[str, Path]]) -> Optional[dict[str, Any]]:
+    """Model selection per fold over named k-fold runs (Errica et al.'s protocol): in each fold, the run with the
+    best validation accuracy (the first on a tie) and its test accuracy.
 
-    Returns ``{"rows": one per selected fold, "summary": mean +- std over them, "folds": k}``, or ``None`` unless
-    the sweep has two or more k-fold jobs on the same fold assignments. Folds that a job has not finished yet are
-    left out.
+    Returns ``{"rows": one per selected fold (with the run's name as ``job``), "summary": mean +- std over them,
+    "folds": k}``, or ``None`` unless there are two or more runs on the same fold assignments. Folds that a run
+    has not finished yet are left out.
     """
-    jobs = job_dirs(sweep_dir)
-    assignments = {json.dumps((read_json(job / FOLDS) or {}).get("folds")) for job in jobs}
-    if len(jobs) < 2 or len(assignments) != 1 or assignments == {"null"}:
+    assignments = {json.dumps((read_json(run / FOLDS) or {}).get("folds")) for _, run in runs}
+    if len(runs) < 2 or len(assignments) != 1 or assignments == {"null"}:
         return None
-    varying = {row["job"]: row["overrides"] for row in rows}
-    per_job = [(job.name, fold_rows(job)) for job in jobs]
-    k = len(per_job[0][1])
+    per_run = [(name, fold_rows(run)) for name, run in runs]
+    k = len(per_run[0][1])
     rows = []
     for i in range(k):
-        candidates = [(name, folds[i]) for name, folds in per_job]
+        candidates = [(name, folds[i]) for name, folds in per_run]
         if all(fold["status"] == "done" for _, fold in candidates):
             name, best = max(candidates, key=lambda candidate: candidate[1]["val_acc"])
-            rows.append({**best, "job": name, "overrides": varying[name]})
+            rows.append({**best, "job": name})
     return {"rows": rows, "summary": summarize_folds(rows), "folds": k} if rows else None
+
+
+def fold_selection(sweep_dir: Path, rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """:func:`select_folds` over the k-fold jobs of a sweep; each selected row names its job's varying
+    ``overrides`` (``rows`` are the sweep's :func:`sweep_rows`)."""
+    selection = select_folds([(job.name, job) for job in job_dirs(sweep_dir)])
+    varying = {row["job"]: row["overrides"] for row in rows}
+    for row in selection["rows"] if selection else []:
+        row["overrides"] = varying[row["job"]]
+    return selection
 
 
 def to_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
