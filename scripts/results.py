@@ -110,11 +110,12 @@ def verdict(name: str, default: dict, folds: int) -> str:
 
 
 def selection_cell(out: Path, name: str, folds: int) -> str:
-    """Errica et al.'s per-fold selection over the configurations run on a dataset, and how often each won."""
-    runs = runs_of(out, name)
+    """Errica et al.'s per-fold selection over the configurations that finished every fold on a dataset, and how
+    often each won."""
+    runs = [(config, run) for config, run in runs_of(out, name) if len(finished_folds(run)) == folds]
     selection = select_folds(runs)
     if selection is None:
-        return "one configuration run"
+        return "fewer than two configurations finished"
     done = "" if len(selection["rows"]) == folds else f" ({len(selection['rows'])} of {folds} folds)"
     chosen = [row["job"] for row in selection["rows"]]
     counts = ", ".join(f"{config} {chosen.count(config)}" for config, _ in runs if config in chosen)
@@ -129,24 +130,28 @@ def main_rows(out: Path, names: list[str], folds: int) -> tuple[list[str], dict[
         later, errica, memgnn = published(LATER_BEST, name), published(ERRICA_BEST, name), MEMGNN.get(name, "-")
         if default is None:
             reason = "not run: raw data not present here" if not raw_present(name) else "not run yet"
-            rows.append(f"| {name} | ({reason}) | | | {errica} | {later} | | {memgnn} | |")
+            rows.append(f"| {name} | ({reason}) | | | {errica} | {later} | | {memgnn} | | |")
             continue
         verdicts[name] = verdict(name, default, folds)
         times = [kfold_result(run)["train_time_s"] for _, run in runs_of(out, name) if kfold_result(run)]
         rows.append(f"| {name} | {percent(default, 'test_acc')} | {percent(default, 'val_acc')} | "
                     f"{selection_cell(out, name, folds)} | {errica} | {later} | {verdicts[name]} | {memgnn} | "
+                    f"{'; '.join(_sharpness(out / name / 'default'))} | "
                     f"{default['train_time_s'] / 60:.1f} min; {sum(times) / 60:.1f} min |")
     return rows, verdicts
 
 
-def _sharpness(run: Path) -> tuple[str, str]:
-    """The first memory layer's mean max assignment (mean and lowest fold) and keys used (range) over the folds."""
+def _sharpness(run: Path) -> tuple[str, str, str]:
+    """The first memory layer over the folds' test parts: mean max assignment (mean and lowest fold), entropy /
+    log K (mean) and keys used (range)."""
     done = finished_folds(run)
     if not done or done[0].get("memory_clusters", 1) == 1:
-        return "n/a (one cluster)", "n/a"
+        return "n/a (one cluster)", "n/a", "n/a"
     sharp = [row["memory_mean_max_assignment"] for row in done]
+    entropy = [row["memory_normalized_entropy"] for row in done]
     keys = [row["memory_keys_used"] for row in done]
-    return f"{sum(sharp) / len(sharp):.2f} (lowest fold {min(sharp):.2f})", f"{min(keys)}-{max(keys)}"
+    return (f"{sum(sharp) / len(sharp):.2f} (lowest fold {min(sharp):.2f})", f"{sum(entropy) / len(entropy):.2f}",
+            f"{min(keys)}-{max(keys)}")
 
 
 def ablation_rows(out: Path, names: list[str]) -> list[str]:
@@ -158,10 +163,11 @@ def ablation_rows(out: Path, names: list[str]) -> list[str]:
             continue
         for config, run in runs:
             result = kfold_result(run)
-            sharp, keys = _sharpness(run)
+            if result is None:
+                continue
             label = f"**{CONFIGS[config][0]}**" if config == "default" else CONFIGS[config][0]
             rows.append(f"| {name} | {label} (`{config}`) | {percent(result, 'test_acc')} | "
-                        f"{percent(result, 'val_acc')} | {sharp} | {keys} | {result['finished']} |")
+                        f"{percent(result, 'val_acc')} | {' | '.join(_sharpness(run))} | {result['finished']} |")
     return rows
 
 
@@ -186,8 +192,9 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
         *([note, ""] if note else []),
         "| dataset | defaults | val acc (defaults) | selected per fold (configurations: folds won) "
         "| best row of Errica et al. | best later fair-protocol row | defaults beat both? "
-        "| MemGNN paper (selected on the test fold) | train time (defaults; all configurations) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| MemGNN paper (selected on the test fold) | memory (defaults): mean max, entropy / log K, keys used "
+        "| train time (defaults; all configurations) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows, "",
         f"The defaults beat the best published fair-protocol rows on: {', '.join(beaten) or 'none'}. "
         f"Not on: {', '.join(short) or 'none'} (points behind each row not beaten).", "",
@@ -201,9 +208,11 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
         lines += ["## Ablation: what the memory layers add", "",
                   "Each configuration is the defaults with one part changed, on the same folds. Sharpness is the "
                   "first memory layer's mean largest assignment on the test folds (1/K = 0.10 when flat, 1 when "
-                  "hard), and keys used the number of its 10 keys that are some node's argmax.", "",
-                  "| dataset | configuration | test acc | val acc | mean max assignment | keys used | folds |",
-                  "|---|---|---|---|---|---|---|", *ablation, ""]
+                  "hard), its mean entropy over log K (1 flat, 0 hard), and keys used the number of its 10 keys that "
+                  "are some node's argmax.", "",
+                  "| dataset | configuration | test acc | val acc | mean max assignment | entropy / log K | keys used "
+                  "| folds |",
+                  "|---|---|---|---|---|---|---|---|", *ablation, ""]
     figure_rows = _figure_rows(out, names)
     if figure_rows:
         figures.save(figures.results_figure(figure_rows, "10-fold test accuracy: mempool defaults and published rows"),
