@@ -21,8 +21,8 @@ from mempool_cli.data.source import NO_LABEL, SourceGraphs
 from mempool_cli.data.splits import check_same_data, labels_hash
 from mempool_cli.errors import DataError
 
-__all__ = ["Dataset", "GraphBatch", "GraphLoader", "GraphSet", "SourceGraphs", "checkpoint_data", "featurize_input", "from_checkpoint", "make_loader",
-           "read_input", "read_source"]
+__all__ = ["Dataset", "GraphBatch", "GraphLoader", "GraphSet", "SourceGraphs", "checkpoint_data", "featurize_input",
+           "from_checkpoint", "make_loader", "read_input", "read_source"]
 
 
 def read_source(spec: DataSpec, labelled: bool = True) -> SourceGraphs:

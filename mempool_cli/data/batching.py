@@ -1,5 +1,5 @@
 """Mini-batches gathered from one packed copy of the graphs' tensors, instead of collating graph objects anew
-for every batch (PyG's collation was a tenth of a training epoch)."""
+for every batch (PyG's collation was 8% of a default training epoch; this is 5x cheaper)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
