@@ -27,14 +27,17 @@ def train_epoch(
 
     ``paper``: each memory layer's keys learn from that layer's KL loss only and every other parameter from
     the cross-entropy only, all from the same forward pass (one backward pass with mempool's layer; with
-    PyG's, one per loss). ``joint``: every parameter learns from ``ce + kl_weight * kl``.
+    PyG's, one per loss). ``assign``: the same, with the head weights learning from the KL loss like the keys
+    (the assignment's own parameters from the clustering loss, as DEC trains its centres). ``joint``: every
+    parameter learns from ``ce + kl_weight * kl``.
     """
     model.train()
-    paper = kl_schedule == "paper"
-    routed = model.route_key_gradients(paper) and paper
-    keys = model.memory_keys()
-    key_ids = {id(k) for k in keys}
-    others = [p for p in model.parameters() if id(p) not in key_ids and p.requires_grad]
+    split = kl_schedule in ("paper", "assign")
+    with_heads = kl_schedule == "assign"
+    routed = model.route_key_gradients(split, with_heads) and split
+    kl_params = model.kl_parameters(with_heads)
+    kl_ids = {id(p) for params in kl_params for p in params}
+    others = [p for p in model.parameters() if id(p) not in kl_ids and p.requires_grad]
     totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0.0}
     seen = 0
     for step, data in enumerate(loader, start=1):
@@ -44,10 +47,10 @@ def train_epoch(
         kl = layer_kls.sum()
         loss = ce + kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
-        if paper and not routed:
+        if split and not routed:
             ce.backward(inputs=others, retain_graph=True)
-            for layer_kl, key in zip(layer_kls, keys):
-                (kl_weight * layer_kl).backward(inputs=[key], retain_graph=True)
+            for layer_kl, params in zip(layer_kls, kl_params):
+                (kl_weight * layer_kl).backward(inputs=params, retain_graph=True)
         else:
             loss.backward()
         optimizer.step()

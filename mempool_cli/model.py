@@ -116,14 +116,20 @@ class MemGNN(nn.Module):
                 centres = centres[linear_sum_assignment(cost)[1]]
             layer.k[h] = torch.as_tensor(centres, dtype=layer.k.dtype)
 
-    def route_key_gradients(self, enabled: bool) -> bool:
-        """With ``enabled``, one backward pass of ``ce + kl`` trains each layer's keys on that layer's KL loss
-        only and every other parameter on the cross-entropy only (the paper's schedule). Returns ``False``
-        where the memory layers cannot do this (PyG's layer)."""
+    def kl_parameters(self, with_heads: bool = False) -> list[list[nn.Parameter]]:
+        """Per memory layer, what its KL loss alone trains in the paper's schedule: its keys, and with
+        ``with_heads`` its head weights (the 1x1 merge) too."""
+        return [[layer.k, layer.conv.weight] if with_heads else [layer.k] for layer in self.memory]
+
+    def route_key_gradients(self, enabled: bool, with_heads: bool = False) -> bool:
+        """With ``enabled``, one backward pass of ``ce + kl`` trains each layer's :meth:`kl_parameters` on that
+        layer's KL loss only and every other parameter on the cross-entropy only (the paper's schedule). Returns
+        ``False`` where the memory layers cannot do this (PyG's layer)."""
         if not all(isinstance(layer, MemPooling) for layer in self.memory):
             return False
         for layer in self.memory:
             layer.split_key_grad = enabled
+            layer.kl_heads = with_heads
         return True
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, batch_size: int,

@@ -154,7 +154,10 @@ class ExampleNet(nn.Module):
     def memory_keys(self) -> list[nn.Parameter]:
         return [m.k for m in self.memory]
 
-    def route_key_gradients(self, enabled: bool) -> bool:
+    def kl_parameters(self, with_heads: bool = False) -> list[list[nn.Parameter]]:
+        return [[m.k] for m in self.memory]
+
+    def route_key_gradients(self, enabled: bool, with_heads: bool = False) -> bool:
         if self.memory_kind != "fast":
             return False
         for layer in self.memory:

@@ -71,9 +71,11 @@ def test_model_shapes_and_per_layer_settings():
     assert [(m.heads, m.num_clusters, m.tau) for m in model.memory] == [(3, 4, 1.0), (2, 2, 0.5), (1, 1, 2.0)]
 
 
+@pytest.mark.parametrize("schedule", ["paper", "assign"])
 @pytest.mark.parametrize("impl", ["fast", "pyg"])
-def test_paper_schedule_keys_learn_from_kl_only(impl):
-    """In one step, each layer's keys get exactly its KL gradient and every other parameter the CE gradient."""
+def test_paper_schedule_keys_learn_from_kl_only(impl, schedule):
+    """In one step, each layer's keys (with ``assign`` also its head weights) get exactly its KL gradient and every
+    other parameter the CE gradient."""
     torch.manual_seed(0)
     spec = ModelSpec(hidden=8, layers=1, dropout=0.0, norm="none", clusters=(3, 2, 1), memory_hidden=8,
                      heads=(2, 2, 2), tau=(1.0, 0.5, 1.0), memory_impl=impl)
@@ -82,12 +84,13 @@ def test_paper_schedule_keys_learn_from_kl_only(impl):
     logits, layer_kls = model(data.x, data.edge_index, data.batch, data.num_graphs)
     assert layer_kls.shape == (3,)
     ce = F.cross_entropy(logits, data.y)
-    keys = model.memory_keys()
-    others = [p for p in model.parameters() if all(p is not k for k in keys)]
-    expected_keys = [torch.autograd.grad(kl, key, retain_graph=True, allow_unused=True)[0]
-                     for kl, key in zip(layer_kls, keys)]
+    per_layer = model.kl_parameters(with_heads=schedule == "assign")
+    assert [len(params) for params in per_layer] == [2 if schedule == "assign" else 1] * 3
+    from_kl = [(kl, p) for kl, params in zip(layer_kls, per_layer) for p in params]
+    others = [p for p in model.parameters() if all(p is not q for _, q in from_kl)]
+    expected_kl = [torch.autograd.grad(kl, p, retain_graph=True, allow_unused=True)[0] for kl, p in from_kl]
     expected_others = torch.autograd.grad(ce, others, allow_unused=True)
-    assert expected_keys[1] is not None and torch.count_nonzero(expected_keys[1]) > 0
+    assert expected_kl[len(per_layer[0])] is not None and torch.count_nonzero(expected_kl[len(per_layer[0])]) > 0
 
     captured = {}
 
@@ -95,8 +98,8 @@ def test_paper_schedule_keys_learn_from_kl_only(impl):
         def step(self, closure=None):
             captured.update({id(p): p.grad.clone() for p in model.parameters() if p.grad is not None})
 
-    train_epoch(model, [data], Capture(model.parameters(), lr=0.0), torch.device("cpu"), "paper", 1.0)
-    for params, grads in ((keys, expected_keys), (others, expected_others)):
+    train_epoch(model, [data], Capture(model.parameters(), lr=0.0), torch.device("cpu"), schedule, 1.0)
+    for params, grads in (([p for _, p in from_kl], expected_kl), (others, expected_others)):
         for param, grad in zip(params, grads):
             got = captured.get(id(param))
             if grad is None or got is None:  # unused, or exactly zero (a one-cluster layer's keys and conv)

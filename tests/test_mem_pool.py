@@ -213,10 +213,12 @@ def test_called_the_pyg_way_it_behaves_as_pygs_layer():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("dense", [False, True])
-def test_split_key_grad_routes_kl_to_keys_and_the_rest_to_everything_else(dtype, dense):
-    """One backward of ``out + kl`` gives the keys exactly d(kl)/dk and every other tensor exactly d(out)/d(.)."""
+@pytest.mark.parametrize("kl_heads", [False, True])
+def test_split_key_grad_routes_kl_to_keys_and_the_rest_to_everything_else(dtype, dense, kl_heads):
+    """One backward of ``out + kl`` gives the keys (and with ``kl_heads`` the head weights) exactly d(kl)/d(.) and
+    every other tensor exactly d(out)/d(.)."""
     ref, ours = _pair(dtype, seed=5)
-    ours.split_key_grad = True
+    ours.split_key_grad, ours.kl_heads = True, kl_heads
     sizes = [6, 2, 9, 4]
     x, batch = _batch(sizes, 16, dtype)
     mask = None
@@ -230,14 +232,17 @@ def test_split_key_grad_routes_kl_to_keys_and_the_rest_to_everything_else(dtype,
     kl_ours = MemPooling.kl_loss(S_ours, batch)
     ((out_ours * weights).sum() + kl_ours).backward()
 
-    out_part = torch.autograd.grad((out_ref * weights).sum(), [x_ref, ref.conv.weight, ref.lin.weight],
-                                   retain_graph=True)
-    (key_part,) = torch.autograd.grad(PygMemPooling.kl_loss(S_ref), [ref.k])
+    from_out = [x_ref, ref.lin.weight] + ([] if kl_heads else [ref.conv.weight])
+    from_kl = [ref.k] + ([ref.conv.weight] if kl_heads else [])
+    expected = [*torch.autograd.grad((out_ref * weights).sum(), from_out, retain_graph=True),
+                *torch.autograd.grad(PygMemPooling.kl_loss(S_ref), from_kl)]
+    ours_by_name = {"k": ours.k, "conv.weight": ours.conv.weight, "lin.weight": ours.lin.weight}
+    ref_names = {id(p): name for name, p in ref.named_parameters()}
+    got = [x_ours.grad] + [ours_by_name[ref_names[id(p)]].grad for p in from_out[1:] + from_kl]
     tol = TOL[dtype]
     _close(kl_ours, PygMemPooling.kl_loss(S_ref), tol)
-    for got, expected in zip([x_ours.grad, ours.conv.weight.grad, ours.lin.weight.grad, ours.k.grad],
-                             [*out_part, key_part]):
-        _close(got, expected, tol)
+    for g, e in zip(got, expected):
+        _close(g, e, tol)
 
 
 def test_node_list_input_runs_on_the_chosen_implementation(implementation):

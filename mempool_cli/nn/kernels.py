@@ -73,16 +73,17 @@ class AssignPool(torch.autograd.Function):
     """``(S_b^T X_b [B, K, F], S [N, K])``: the soft assignment of node-list ``x`` to the H-major ``keys``
     ``[H*K, F]`` with head weights ``w`` fused with the per-graph pooling (compiled, CPU). With
     ``split_key_grad`` the gradient reaching ``S`` through the pooling flows to ``x`` and ``w`` only, and the
-    gradient of the returned ``S`` to the keys only."""
+    gradient of the returned ``S`` to the keys only; with ``kl_heads`` too, ``w`` learns from the returned ``S``
+    like the keys."""
 
     @staticmethod
     def forward(ctx, x: Tensor, keys: Tensor, w: Tensor, batch: Tensor, num_graphs: int, num_clusters: int,
-                tau: float, split_key_grad: bool):
+                tau: float, split_key_grad: bool, kl_heads: bool = False):
         x = x.contiguous()
         pooled, S, S_heads, inv_d = cpu_kernels().assign_pool_forward(x, keys, w, batch, num_graphs,
                                                                       num_clusters, tau)
         ctx.save_for_backward(x, keys, w, batch, S, S_heads, inv_d)
-        ctx.num_graphs, ctx.tau, ctx.split_key_grad = num_graphs, tau, split_key_grad
+        ctx.num_graphs, ctx.tau, ctx.split_key_grad, ctx.kl_heads = num_graphs, tau, split_key_grad, kl_heads
         ctx.set_materialize_grads(False)
         return pooled, S
 
@@ -90,8 +91,9 @@ class AssignPool(torch.autograd.Function):
     def backward(ctx, grad_pooled, grad_S):
         x, keys, w, batch, S, S_heads, inv_d = ctx.saved_tensors
         grad_x, grad_keys, grad_w = cpu_kernels().assign_pool_backward(
-            grad_pooled, grad_S, x, keys, w, batch, ctx.num_graphs, S, S_heads, inv_d, ctx.tau, ctx.split_key_grad)
-        return grad_x, grad_keys, grad_w, None, None, None, None, None
+            grad_pooled, grad_S, x, keys, w, batch, ctx.num_graphs, S, S_heads, inv_d, ctx.tau, ctx.split_key_grad,
+            ctx.kl_heads)
+        return grad_x, grad_keys, grad_w, None, None, None, None, None, None
 
 
 class NodeKL(torch.autograd.Function):

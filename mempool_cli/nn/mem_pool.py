@@ -20,11 +20,13 @@ class _Assign(torch.autograd.Function):
     long rows.
 
     With ``split_key_grad`` it returns two copies of ``S``: the gradient reaching the first flows to ``x`` and
-    ``w`` only, the gradient reaching the second to the keys only (both in one backward pass).
+    ``w`` only, the gradient reaching the second to the keys only (both in one backward pass); with ``kl_heads``
+    as well, ``w`` takes the second's gradient instead of the first's.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, keys: Tensor, w: Tensor, num_clusters: int, tau: float, split_key_grad: bool):
+    def forward(ctx, x: Tensor, keys: Tensor, w: Tensor, num_clusters: int, tau: float, split_key_grad: bool,
+                kl_heads: bool = False):
         (M, _), K, H = x.shape, num_clusters, w.numel()
         # tau + ||k - x||^2, clamped at tau against rounding below zero distance
         q = torch.addmm((keys * keys).sum(-1, keepdim=True).add_(tau), keys, x.t(), alpha=-2.0)
@@ -35,7 +37,7 @@ class _Assign(torch.autograd.Function):
         S_heads = q / q.sum(dim=1, keepdim=True)
         S_t = torch.softmax((w @ S_heads.view(H, K * M)).view(K, M), dim=0)
         ctx.save_for_backward(x, keys, w, inv, S_heads, S_t)
-        ctx.tau = tau
+        ctx.tau, ctx.w_stream = tau, -1 if split_key_grad and kl_heads else 0
         S = S_t.t().contiguous()
         return (S, S.clone()) if split_key_grad else S
 
@@ -48,7 +50,7 @@ class _Assign(torch.autograd.Function):
         grad_logits = (S_t * (grad_S - (grad_S * S_t).sum(-2, keepdim=True))).unsqueeze(1)  # [T, 1, K, M]
         # through the normalisation over K: grad_q = w_h (grad_logits - c_h) / Z_h
         c = (grad_logits * S_heads).sum(-2, keepdim=True)  # [T, H, 1, M]
-        grad_w = c[0].sum((1, 2))
+        grad_w = c[ctx.w_stream].sum((1, 2))
         # d q / d dist = -(1+tau)/(2 tau) q (1 + d/tau)^-1 for q up to a per-head factor, and q / Z = S_heads
         scale = (S_heads * inv).mul_(w.view(H, 1, 1) * (-(1.0 + tau) / (2.0 * tau)))
         grad_dist = ((grad_logits - c) * scale).view(-1, H * K, M)
@@ -59,7 +61,7 @@ class _Assign(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             g = grad_dist[-1]
             grad_keys = torch.addmm(keys * g.sum(1, keepdim=True), g, x, beta=2.0, alpha=-2.0)
-        return grad_x, grad_keys, grad_w, None, None, None
+        return grad_x, grad_keys, grad_w, None, None, None, None
 
 
 class _NodeKL(torch.autograd.Function):
@@ -131,7 +133,8 @@ class MemPooling(torch.nn.Module):
 
     ``split_key_grad`` (attribute, default ``False``): when set, the keys ``k`` learn only from the returned
     ``S`` (that is, from the KL loss) and ``x``, ``conv`` and ``lin`` only from ``X'``: the paper's training
-    schedule in a single backward pass.
+    schedule in a single backward pass. ``kl_heads`` (attribute, default ``False``): with ``split_key_grad``, the
+    head weights ``conv`` learn from the returned ``S`` too, like the keys.
 
     Args:
         in_channels: input size :math:`F`.
@@ -149,6 +152,7 @@ class MemPooling(torch.nn.Module):
         self.num_clusters = num_clusters
         self.tau = float(tau)
         self.split_key_grad = False
+        self.kl_heads = False
         self.k = Parameter(torch.empty(heads, num_clusters, in_channels))
         self.conv = Conv2d(heads, 1, kernel_size=1, padding=0, bias=False)
         self.lin = Linear(in_channels, out_channels, bias=False)
@@ -175,7 +179,7 @@ class MemPooling(torch.nn.Module):
         if self.num_clusters == 1:
             S = x.new_ones(x.size(0), 1)
             return S, S
-        S = _Assign.apply(x, *self._flat_keys(), self.num_clusters, self.tau, split_key_grad)
+        S = _Assign.apply(x, *self._flat_keys(), self.num_clusters, self.tau, split_key_grad, self.kl_heads)
         return S if split_key_grad else (S, S)
 
     def forward(
@@ -212,7 +216,7 @@ class MemPooling(torch.nn.Module):
         batch, num_graphs = _resolve_batch(batch, x.size(0), batch_size, x.device)
         if self.num_clusters > 1 and kernels.usable(x):
             pooled, S = kernels.AssignPool.apply(x, *self._flat_keys(), batch, num_graphs, self.num_clusters,
-                                                 self.tau, self.split_key_grad)
+                                                 self.tau, self.split_key_grad, self.kl_heads)
         else:
             S_pool, S = self._assign(x, self.split_key_grad)
             pooled = segment_pool(S_pool, x, batch, num_graphs)

@@ -183,12 +183,12 @@ std::tuple<Tensor, Tensor, Tensor> distance_grad(const Tensor& grad_S, const Ten
 }
 
 // Gradients (x, keys, w) of assign_pool_forward's outputs. With split_key_grad, the gradient reaching S through
-// the pooling flows to x and w only and grad_S (that of the returned S) to the keys only; otherwise their sum
-// flows to all three.
+// the pooling flows to x and w only and grad_S (that of the returned S) to the keys only (with kl_heads, to the
+// keys and w, and the pooling's to x only); otherwise their sum flows to all three.
 std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_pooled, const std::optional<Tensor>& grad_S,
                                          const Tensor& x, const Tensor& keys, const Tensor& w, const Tensor& batch,
                                          int64_t num_graphs, const Tensor& S, const Tensor& S_heads,
-                                         const Tensor& inv_d, double tau, bool split_key_grad) {
+                                         const Tensor& inv_d, double tau, bool split_key_grad, bool kl_heads) {
   const int64_t N = x.size(0), F = x.size(1), K = S.size(1);
   Tensor grad_x = at::zeros_like(x), grad_keys = at::zeros_like(keys), grad_w = at::zeros_like(w);
   Tensor to_x;  // the gradient reaching S through the pooling, then the one flowing on to x and w
@@ -228,14 +228,17 @@ std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_poole
   auto add_key_grad = [&](const Tensor& gd) {
     grad_keys.addcmul_(keys, gd.sum(0).unsqueeze(1), 2.0).addmm_(gd.t(), x, 1.0, -2.0);
   };
+  const bool heads_from_s = split_key_grad && kl_heads;
   if (to_x.defined()) {
     const auto [gd, row_sum, head] = distance_grad(to_x, S, S_heads, inv_d, w, tau);
-    grad_w = head.sum(0);
+    if (!heads_from_s) grad_w = head.sum(0);
     grad_x.addcmul_(x, row_sum.unsqueeze(1), 2.0).addmm_(gd, keys, 1.0, -2.0);
     if (!split_key_grad) add_key_grad(gd);
   }
   if (split_key_grad && grad_S) {
-    add_key_grad(std::get<0>(distance_grad(*grad_S, S, S_heads, inv_d, w, tau)));
+    const auto [gd, row_sum, head] = distance_grad(*grad_S, S, S_heads, inv_d, w, tau);
+    add_key_grad(gd);
+    if (heads_from_s) grad_w = head.sum(0);
   }
   return {grad_x, grad_keys, grad_w};
 }
