@@ -41,6 +41,7 @@ FLAT = ["model.memory.norm=none", "model.memory.radius=3", "model.memory.tau=1",
 CONFIGS = {
     "default": ("the defaults: sharp memory + summed-input path + KL loss", []),
     "no_kl": ("without the KL loss", ["train.kl_weight=0"]),
+    "assign": ("head weights learned from the KL loss too", ["train.kl_schedule=assign"]),
     "no_path": ("without the summed-input path", ["model.readout=none"]),
     "flat": ("flat memory (the defaults before this version), no path", FLAT + ["model.readout=none"]),
     "flat_path": ("flat memory + summed-input path", FLAT),
