@@ -37,7 +37,7 @@ def worker_count(requested: Optional[int], pending: int, threads: Optional[int])
     return max(1, min(requested, pending))
 
 
-def _fold_logging(fold_dir: Path) -> None:
+def fold_logging(fold_dir: Path) -> None:
     """In a worker: the fold's log lines go to its own ``train.log`` (the run's log is the parent's)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(fold_dir / "train.log")

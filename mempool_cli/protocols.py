@@ -137,10 +137,10 @@ def _fold_worker(spec: RunSpec, run_dir: Path, dataset: Dataset, fold: int, spli
     """One fold in a worker process: its log in its own folder, plain progress lines that name it."""
     from rich.console import Console
 
-    from mempool_cli.parallel import _fold_logging
+    from mempool_cli.parallel import fold_logging
     from mempool_cli.progress import progress_factory
 
-    _fold_logging(fold_dir(run_dir, fold))
+    fold_logging(fold_dir(run_dir, fold))
     return _run_fold(spec, run_dir, dataset, fold, split, meta, progress_factory(Console(soft_wrap=True), show, job=""))
 
 

@@ -92,6 +92,12 @@ def runs_of(out: Path, name: str) -> list[tuple[str, Path]]:
     return [(config, out / name / config) for config in CONFIGS if (out / name / config / "folds.json").exists()]
 
 
+def results_of(out: Path, name: str) -> dict[str, dict]:
+    """:func:`kfold_result` of each configuration run on a dataset that has finished a fold, read once."""
+    results = {config: kfold_result(run) for config, run in runs_of(out, name)}
+    return {config: result for config, result in results.items() if result is not None}
+
+
 def published(table: dict, name: str) -> str:
     return f"{table[name][0]} {table[name][1]} +- {table[name][2]}" if name in table else "not reported"
 
@@ -123,18 +129,18 @@ def selection_cell(out: Path, name: str, folds: int) -> str:
     return f"{percent(selection['summary'], 'test_acc')}{done} over {len(runs)} ({counts})"
 
 
-def main_rows(out: Path, names: list[str], folds: int) -> tuple[list[str], dict[str, str]]:
-    """The main table's rows and each dataset's verdict."""
+def main_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) -> tuple[list[str], dict[str, str]]:
+    """The main table's rows and each dataset's verdict (``results``: :func:`results_of` by dataset)."""
     rows, verdicts = [], {}
-    for name in names:
-        default = kfold_result(out / name / "default")
+    for name, configs in results.items():
+        default = configs.get("default")
         later, errica, memgnn = published(LATER_BEST, name), published(ERRICA_BEST, name), MEMGNN.get(name, "-")
         if default is None:
             reason = "not run: raw data not present here" if not raw_present(name) else "not run yet"
             rows.append(f"| {name} | ({reason}) | | | {errica} | {later} | | {memgnn} | | |")
             continue
         verdicts[name] = verdict(name, default, folds)
-        times = [kfold_result(run)["train_time_s"] for _, run in runs_of(out, name) if kfold_result(run)]
+        times = [result["train_time_s"] for result in configs.values()]
         rows.append(f"| {name} | {percent(default, 'test_acc')} | {percent(default, 'val_acc')} | "
                     f"{selection_cell(out, name, folds)} | {errica} | {later} | {verdicts[name]} | {memgnn} | "
                     f"{'; '.join(_sharpness(out / name / 'default'))} | "
@@ -155,15 +161,15 @@ def _sharpness(run: Path) -> tuple[str, str, str]:
             f"{min(keys)}-{max(keys)}")
 
 
-def ablation_rows(out: Path, names: list[str]) -> list[str]:
+def ablation_rows(out: Path, results: dict[str, dict[str, dict]]) -> list[str]:
     """One row per (dataset, configuration) where more than the defaults were run."""
     rows = []
-    for name in names:
+    for name, configs in results.items():
         runs = runs_of(out, name)
         if len(runs) < 2:
             continue
         for config, run in runs:
-            result = kfold_result(run)
+            result = configs.get(config)
             if result is None:
                 continue
             label = f"**{CONFIGS[config][0]}**" if config == "default" else CONFIGS[config][0]
@@ -175,7 +181,8 @@ def ablation_rows(out: Path, names: list[str]) -> list[str]:
 def write_table(out: Path, names: list[str], folds: int, overrides: list[str], target: Path, note: str) -> None:
     """docs/results.md (and its figure) from the runs in ``out``; ``note`` (how the runs were made) under the
     command."""
-    rows, verdicts = main_rows(out, names, folds)
+    results = {name: results_of(out, name) for name in names}
+    rows, verdicts = main_rows(out, results, folds)
     beaten = [name for name, v in verdicts.items() if v == "yes"]
     short = [f"{name} {v.removeprefix('no ')}" for name, v in verdicts.items() if v.startswith("no")]
     extra = f" -- {' '.join(overrides)}" if overrides else ""
@@ -204,7 +211,7 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
         "on the test data and overstates; they are shown for reference only. Per-fold results: "
         "`mempool summarize OUT/<dataset>/<configuration>`.", "",
     ]
-    ablation = ablation_rows(out, names)
+    ablation = ablation_rows(out, results)
     if ablation:
         lines += ["## Ablation: what the memory layers add", "",
                   "Each configuration is the defaults with one part changed, on the same folds. Sharpness is the "
@@ -214,7 +221,7 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
                   "| dataset | configuration | test acc | val acc | mean max assignment | entropy / log K | keys used "
                   "| folds |",
                   "|---|---|---|---|---|---|---|---|", *ablation, ""]
-    figure_rows = _figure_rows(out, names)
+    figure_rows = _figure_rows(results)
     if figure_rows:
         figures.save(figures.results_figure(figure_rows, "10-fold test accuracy: mempool defaults and published rows"),
                      target.with_suffix(".png"))
@@ -222,11 +229,11 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
     write_atomic(target, "\n".join(lines))
 
 
-def _figure_rows(out: Path, names: list[str]) -> list[dict]:
+def _figure_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
     """The bars of the results figure: mempool's defaults, Errica et al.'s best row, the best later row."""
     rows = []
-    for name in names:
-        default = kfold_result(out / name / "default")
+    for name, configs in results.items():
+        default = configs.get("default")
         if default is None:
             continue
         rows.append({"dataset": name, "label": "mempool defaults", "mean": 100 * default["test_acc"],
