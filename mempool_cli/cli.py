@@ -56,6 +56,7 @@ Examples:
 Config groups (GROUP=CHOICE; every key: mempool train --cfg job):
 {groups}
 
+A dataset's tuned settings (configs/tuned/DATASET/MODEL.yaml) apply on top of the model; ~tuned leaves them out.
 Hydra's own flags work as in any Hydra app: -m/--multirun, --cfg job|hydra|all, --info, --hydra-help.
 Offline data: MEMPOOL_DATA_SOURCE=<folder with NAME/raw/> copies raw files into the cache
 (MEMPOOL_DATA_ROOT, default ~/.cache/mempool/TUDataset) instead of downloading."""

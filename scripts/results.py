@@ -1,17 +1,19 @@
 """Run the k-fold protocol on the TU benchmarks and write docs/results.md next to published numbers.
 
 Each (dataset, configuration) is one `mempool train dataset=NAME protocol=kfold` run in OUT/NAME/CONFIG: the
-shipped defaults (`default`) or one of the ablation's configurations (CONFIGS below: the defaults with one part
-taken away). A rerun skips finished folds and resumes an interrupted one, so the script can be stopped and started
-again; a dataset that cannot be loaded is reported and skipped. The tables are rewritten after every run from the
-runs' files:
+shipped defaults (`default`), or one of CONFIGS below on top of the generic defaults (`~tuned`): a candidate for
+the dataset's shipped config, or an ablation that takes one part of the model away. A rerun skips finished folds
+and resumes an interrupted one, so the script can be stopped and started again; a dataset that cannot be loaded is
+reported and skipped. The tables are rewritten after every run from the runs' files:
 
 - per dataset, the defaults' test accuracy (mean +- std over the folds) beside the published fair-protocol rows,
   and Errica et al.'s model selection over the configurations run on that dataset (in each fold, the one with the
   best validation accuracy, and its test accuracy);
+- with --tune, each candidate's validation accuracy and the one shipped (configs/tuned/NAME/default.yaml);
 - the ablation: every configuration's accuracy and how sharply its first memory layer assigns.
 
     MEMPOOL_DATA_SOURCE=../shared/data/TUDataset python scripts/results.py -- threads=1
+    python scripts/results.py --tune -- threads=1
     python scripts/results.py --datasets PROTEINS DD ENZYMES --configs all -- threads=1
     python scripts/results.py --table-only
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
 
 from mempool_cli import figures
 from mempool_cli.artifacts import write_atomic
@@ -37,9 +40,18 @@ DATASETS = ["MUTAG", "PROTEINS", "PROTEINS_full", "ENZYMES", "NCI1", "IMDB-BINAR
 # the defaults before this version: the memory input unnormalised, tau 1, uniform keys, PyG's head weights
 FLAT = ["model.memory.norm=none", "model.memory.radius=3", "model.memory.tau=1", "model.memory.key_init=uniform",
         "model.memory.head_init=null"]
-# name: (what it is, overrides on top of the defaults)
+# name: (what it is, overrides on top of the generic defaults: configs/model/default.yaml without a dataset's
+# tuned settings). `default` is the shipped config: the generic defaults and the dataset's tuned file, if any.
 CONFIGS = {
-    "default": ("the defaults: sharp memory + summed-input path + KL loss", []),
+    "default": ("the shipped defaults of the dataset", []),
+    "generic": ("the generic defaults: sharp memory + summed-input path + KL loss, dropout 0.5", []),
+    "drop02": ("dropout 0.2", ["model.dropout=0.2"]),
+    "assign_drop02": ("dropout 0.2, head weights learned from the KL loss", ["model.dropout=0.2",
+                                                                            "train.kl_schedule=assign"]),
+    "wide_drop02": ("dropout 0.2, width 128", ["model.dropout=0.2", "model.hidden=128", "model.memory.hidden=128"]),
+    "assign_wide_drop02": ("dropout 0.2, width 128, head weights learned from the KL loss",
+                           ["model.dropout=0.2", "model.hidden=128", "model.memory.hidden=128",
+                            "train.kl_schedule=assign"]),
     "no_kl": ("without the KL loss", ["train.kl_weight=0"]),
     "assign": ("head weights learned from the KL loss too", ["train.kl_schedule=assign"]),
     "no_path": ("without the summed-input path", ["model.readout=none"]),
@@ -49,6 +61,11 @@ CONFIGS = {
             FLAT + ["model.readout=none", "model.memory.clusters=[1]"]),
     "sum_path": ("no memory: nodes summed + summed-input path", FLAT + ["model.memory.clusters=[1]"]),
 }
+
+# The candidates for a dataset's shipped config (--tune): the generic defaults and variants that keep every part of
+# the model. The ablation's other configurations take a part away to show what it adds; they are not candidates.
+CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02")
+TUNED = Path(__file__).resolve().parents[1] / "configs" / "tuned"
 
 # Errica et al., "A Fair Comparison of Graph Neural Networks for Graph Classification" (ICLR 2020): stratified
 # 10-fold CV, model selection inside the training folds, mean +- std of test accuracy (%): the best row.
@@ -71,7 +88,7 @@ def run_config(name: str, config: str, out: Path, folds: int, overrides: list[st
     """Run (or finish) the k-fold protocol of one configuration on one dataset; returns the wall time in seconds."""
     command = [sys.executable, "-m", "mempool_cli", "train", f"dataset={name}", "protocol=kfold",
                f"protocol.folds={folds}", "train.progress=false", f"hydra.run.dir={out / name / config}",
-               *CONFIGS[config][1], *overrides]
+               *(["~tuned"] if config != "default" else []), *CONFIGS[config][1], *overrides]
     print("$", " ".join(command[2:]), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True)
@@ -98,6 +115,51 @@ def results_of(out: Path, name: str) -> dict[str, dict]:
     return {config: result for config, result in results.items() if result is not None}
 
 
+def chosen_config(configs: dict[str, dict], folds: int) -> Optional[str]:
+    """The candidate with the best mean validation accuracy among those that finished every fold (a tie goes to the
+    earlier candidate); None when fewer than two did."""
+    done = [config for config in CANDIDATES if config in configs and configs[config]["finished"] == folds]
+    if len(done) < 2:
+        return None
+    return max(done, key=lambda config: (round(configs[config]["val_acc"], 6), -CANDIDATES.index(config)))
+
+
+def ship(out: Path, name: str, config: str) -> None:
+    """Make ``config`` the dataset's shipped config: write its overrides to configs/tuned/NAME/default.yaml (none
+    for the generic defaults) and point OUT/NAME/default at its runs, which are what the shipped config computes."""
+    target = TUNED / name / "default.yaml"
+    if config == "generic":
+        target.unlink(missing_ok=True)
+    else:
+        tree: dict = {}
+        for override in CONFIGS[config][1]:
+            key, value = override.split("=", 1)
+            *parents, leaf = key.split(".")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = yaml.safe_load(value)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, f"# @package _global_\n# {name}: {CONFIGS[config][0]} (`{config}`), chosen by "
+                             "scripts/results.py --tune: the best mean validation accuracy of the candidates under "
+                             f"10-fold CV (docs/results.md)\n{yaml.safe_dump(tree, sort_keys=False)}")
+    default = out / name / "default"
+    if default.is_symlink() or not default.exists():
+        default.unlink(missing_ok=True)
+        default.symlink_to(config)
+
+
+def choice_rows(results: dict[str, dict[str, dict]], folds: int) -> list[str]:
+    """Per dataset with two candidates finished: each candidate's validation accuracy and the one chosen."""
+    rows = []
+    for name, configs in results.items():
+        chosen = chosen_config(configs, folds)
+        if chosen is not None:
+            cells = [percent(configs[c], "val_acc") if c in configs else "-" for c in CANDIDATES]
+            rows.append(f"| {name} | {' | '.join(cells)} | `{chosen}` |")
+    return rows
+
+
 def published(table: dict, name: str) -> str:
     return f"{table[name][0]} {table[name][1]} +- {table[name][2]}" if name in table else "not reported"
 
@@ -119,7 +181,8 @@ def verdict(name: str, default: dict, folds: int) -> str:
 def selection_cell(out: Path, name: str, folds: int) -> str:
     """Errica et al.'s per-fold selection over the configurations that finished every fold on a dataset, and how
     often each won."""
-    runs = [(config, run) for config, run in runs_of(out, name) if len(finished_folds(run)) == folds]
+    runs = [(config, run) for config, run in runs_of(out, name)
+            if config != "default" and len(finished_folds(run)) == folds]  # the shipped config is one of them
     selection = select_folds(runs)
     if selection is None:
         return "fewer than two configurations finished"
@@ -140,11 +203,11 @@ def main_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) -> tup
             rows.append(f"| {name} | ({reason}) | | | {errica} | {later} | | {memgnn} | | |")
             continue
         verdicts[name] = verdict(name, default, folds)
-        times = [result["train_time_s"] for result in configs.values()]
+        times = {(out / name / config).resolve(): result["train_time_s"] for config, result in configs.items()}
         rows.append(f"| {name} | {percent(default, 'test_acc')} | {percent(default, 'val_acc')} | "
                     f"{selection_cell(out, name, folds)} | {errica} | {later} | {verdicts[name]} | {memgnn} | "
                     f"{'; '.join(_sharpness(out / name / 'default'))} | "
-                    f"{default['train_time_s'] / 60:.1f} min; {sum(times) / 60:.1f} min |")
+                    f"{default['train_time_s'] / 60:.1f} min; {sum(times.values()) / 60:.1f} min |")
     return rows, verdicts
 
 
@@ -161,18 +224,19 @@ def _sharpness(run: Path) -> tuple[str, str, str]:
             f"{min(keys)}-{max(keys)}")
 
 
-def ablation_rows(out: Path, results: dict[str, dict[str, dict]]) -> list[str]:
-    """One row per (dataset, configuration) where more than the defaults were run."""
+def ablation_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) -> list[str]:
+    """One row per (dataset, configuration) where more than the defaults were run; the shipped one in bold."""
     rows = []
     for name, configs in results.items():
-        runs = runs_of(out, name)
-        if len(runs) < 2:
+        runs = [(config, run) for config, run in runs_of(out, name) if config != "default"]
+        if not runs:
             continue
+        chosen = chosen_config(configs, folds) or "generic"
         for config, run in runs:
             result = configs.get(config)
             if result is None:
                 continue
-            label = f"**{CONFIGS[config][0]}**" if config == "default" else CONFIGS[config][0]
+            label = f"**{CONFIGS[config][0]}**" if config == chosen else CONFIGS[config][0]
             rows.append(f"| {name} | {label} (`{config}`) | {percent(result, 'test_acc')} | "
                         f"{percent(result, 'val_acc')} | {' | '.join(_sharpness(run))} | {result['finished']} |")
     return rows
@@ -211,13 +275,22 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
         "on the test data and overstates; they are shown for reference only. Per-fold results: "
         "`mempool summarize OUT/<dataset>/<configuration>`.", "",
     ]
-    ablation = ablation_rows(out, results)
+    choices = choice_rows(results, folds)
+    if choices:
+        lines += ["## How each dataset's defaults were chosen", "",
+                  "`scripts/results.py --tune` runs the candidates below (the generic defaults and variants that keep "
+                  "every part of the model) and ships, per dataset, the one with the best mean validation accuracy "
+                  "over the folds as `configs/tuned/NAME/default.yaml` (none when the generic defaults win). Test "
+                  "folds play no part. Mean validation accuracy +- std:", "",
+                  f"| dataset | {' | '.join(f'`{c}`' for c in CANDIDATES)} | shipped |",
+                  f"|---|{'---|' * len(CANDIDATES)}---|", *choices, ""]
+    ablation = ablation_rows(out, results, folds)
     if ablation:
         lines += ["## Ablation: what the memory layers add", "",
-                  "Each configuration is the defaults with one part changed, on the same folds. Sharpness is the "
-                  "first memory layer's mean largest assignment on the test folds (1/K = 0.10 when flat, 1 when "
-                  "hard), its mean entropy over log K (1 flat, 0 hard), and keys used the number of its 10 keys that "
-                  "are some node's argmax.", "",
+                  "Each configuration is the generic defaults with one part changed, on the same folds; the "
+                  "shipped one in bold. Sharpness is the first memory layer's mean largest assignment on the test "
+                  "folds (1/K = 0.10 when flat, 1 when hard), its mean entropy over log K (1 flat, 0 hard), and "
+                  "keys used the number of its 10 keys that are some node's argmax.", "",
                   "| dataset | configuration | test acc | val acc | mean max assignment | entropy / log K | keys used "
                   "| folds |",
                   "|---|---|---|---|---|---|---|---|", *ablation, ""]
@@ -253,10 +326,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/results"))
     parser.add_argument("--table", type=Path, default=Path("docs/results.md"))
     parser.add_argument("--table-only", action="store_true", help="only rewrite the tables from the runs in --out")
+    parser.add_argument("--tune", action="store_true",
+                        help="run the candidates (CANDIDATES) and ship each dataset's best by validation accuracy")
     parser.add_argument("--note", default="", help="a paragraph under the command: how the runs were made")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
     args = parser.parse_args()
-    configs = list(CONFIGS) if args.configs == ["all"] else args.configs
+    configs = list(CANDIDATES) if args.tune else list(CONFIGS) if args.configs == ["all"] else args.configs
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown:
         parser.error(f"unknown configuration {unknown[0]!r}; choose from: all, {', '.join(CONFIGS)}")
@@ -271,6 +346,11 @@ def main() -> None:
                 continue
             print(f"{name} {config}: {seconds / 60:.1f} min", flush=True)
             table()
+    for name in args.datasets if args.tune else []:
+        chosen = chosen_config(results_of(args.out, name), args.folds)
+        if chosen is not None:
+            ship(args.out, name, chosen)
+            print(f"{name}: ships {chosen}")
     table()
     print(f"wrote {args.table}")
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from torch_geometric.data import Batch, Data
 
 from mempool_cli.artifacts import load_checkpoint, save_checkpoint
@@ -53,6 +54,41 @@ def test_every_dataset_config_composes_and_validates():
     for name in ("PROTEINS", "PROTEINS_full", "ENZYMES", "DD", "MUTAG", "NCI1", "IMDB-BINARY", "IMDB-MULTI",
                  "COLLAB", "REDDIT-BINARY"):
         assert spec_of([f"dataset={name}"]).data.name == name
+
+
+def _tuned_files() -> list:
+    from mempool_cli.catalog import configs_root
+
+    return sorted((folder.name, entry.name[:-5]) for folder in configs_root().joinpath("tuned").iterdir()
+                  if folder.is_dir() for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def _leaves(tree, prefix=""):
+    """Every leaf of a nested mapping by dotted key (the ``# @package _global_`` header dropped)."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {key: value for name, sub in tree.items() for key, value in _leaves(sub, f"{prefix}{name}.").items()}
+
+
+@pytest.mark.parametrize("dataset, model", _tuned_files())
+def test_a_datasets_tuned_settings_apply_to_its_model_only_and_overrides_win(dataset, model):
+    import yaml
+    from mempool_cli.catalog import configs_root
+
+    tuned = _leaves(yaml.safe_load(configs_root().joinpath("tuned", dataset, f"{model}.yaml").read_text()))
+    assert tuned and all(key.startswith(("model.", "train.", "optim.")) for key in tuned)
+    composed = compose_cfg([f"dataset={dataset}", f"model={model}"])
+    untuned = compose_cfg([f"dataset={dataset}", f"model={model}", "~tuned"])
+    other_model = "small" if model != "small" else "default"
+    for key, value in tuned.items():
+        assert OmegaConf.select(composed, key) == value
+        assert OmegaConf.select(untuned, key) != value, f"{key} is already {value} without the tuned file"
+        assert OmegaConf.select(compose_cfg([f"dataset={dataset}", f"model={other_model}"]), key) == \
+            OmegaConf.select(compose_cfg([f"model={other_model}"]), key)
+    key, value = next(iter(tuned.items()))
+    override = 0.3 if isinstance(value, float) else value
+    assert OmegaConf.select(compose_cfg([f"dataset={dataset}", f"model={model}", f"{key}={override}"]), key) == override
+    spec_of([f"dataset={dataset}", f"model={model}"])  # and it validates
 
 
 def _tiny_batch():
