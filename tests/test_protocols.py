@@ -243,3 +243,42 @@ def test_parallel_folds_equal_sequential_folds(tmp_path, data_env):
         [{k: v for k, v in f.items() if k not in drop} for f in par]
     assert (tmp_path / "par" / "fold_1" / "train.log").read_text().count("] epoch ") == 2
     assert worker_count(None, 10, None) == 1 and worker_count(4, 2, 1) == 2 and worker_count(None, 10, 1) >= 1
+
+
+def _results_script():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "results.py"
+    spec = importlib.util.spec_from_file_location("results_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_tune_ships_the_best_validation_candidate_as_a_tuned_file(tmp_path, monkeypatch):
+    """The tuned file the results script writes composes to the chosen candidate's overrides; ties go to the generic
+    defaults; the generic defaults winning removes the file."""
+    from omegaconf import OmegaConf
+
+    from test_core import _leaves, compose_cfg
+
+    script = _results_script()
+    monkeypatch.setattr(script, "TUNED", tmp_path / "tuned")
+    result = {"finished": 10, "val_acc": 0.70}
+    configs = {"generic": result, "assign": {**result, "val_acc": 0.70}, "wide_drop02": {**result, "val_acc": 0.72},
+               "drop02": {**result, "finished": 9, "val_acc": 0.9}}
+    assert script.chosen_config(configs, 10) == "wide_drop02"
+    assert script.chosen_config({**configs, "wide_drop02": result}, 10) == "generic"
+    assert script.chosen_config({"generic": result}, 10) is None
+    out = tmp_path / "out"
+    (out / "X").mkdir(parents=True)
+    script.ship(out, "X", "assign_wide_drop02")
+    tuned = yaml.safe_load((tmp_path / "tuned" / "X" / "default.yaml").read_text())
+    composed = compose_cfg(script.CONFIGS["assign_wide_drop02"][1])
+    leaves = _leaves(tuned)
+    assert leaves["train.kl_schedule"] == "assign" and leaves["model.memory.hidden"] == 128 and len(leaves) == 4
+    assert all(OmegaConf.select(composed, key) == value for key, value in leaves.items())
+    assert (out / "X" / "default").resolve() == out / "X" / "assign_wide_drop02"
+    script.ship(out, "X", "generic")
+    assert not (tmp_path / "tuned" / "X" / "default.yaml").exists()
+    assert (out / "X" / "default").resolve() == out / "X" / "generic"
