@@ -115,13 +115,26 @@ def results_of(out: Path, name: str) -> dict[str, dict]:
     return {config: result for config, result in results.items() if result is not None}
 
 
-def chosen_config(configs: dict[str, dict], folds: int) -> Optional[str]:
-    """The candidate with the best mean validation accuracy among those that finished every fold (a tie goes to the
-    earlier candidate); None when fewer than two did."""
-    done = [config for config in CANDIDATES if config in configs and configs[config]["finished"] == folds]
-    if len(done) < 2:
+def candidate_wins(out: Path, name: str, folds: int) -> dict[str, int]:
+    """How often the per-fold selection over the candidates that finished every fold picks each; empty when fewer
+    than two finished."""
+    runs = [(config, out / name / config) for config in CANDIDATES
+            if (out / name / config / "folds.json").exists() and len(finished_folds(out / name / config)) == folds]
+    selection = select_folds(runs)
+    picked = [row["job"] for row in selection["rows"]] if selection else []
+    return {config: picked.count(config) for config, _ in runs} if selection else {}
+
+
+def chosen_config(wins: dict[str, int], configs: dict[str, dict]) -> Optional[str]:
+    """The candidate the per-fold selection picks most often (``wins``: :func:`candidate_wins`). A tie keeps the
+    generic defaults when they are among the tied, else goes to the best mean validation accuracy (then to the
+    earlier candidate). None without a selection."""
+    if not wins:
         return None
-    return max(done, key=lambda config: (round(configs[config]["val_acc"], 6), -CANDIDATES.index(config)))
+    tied = [config for config in CANDIDATES if wins.get(config) == max(wins.values())]
+    if "generic" in tied:
+        return "generic"
+    return max(tied, key=lambda config: (round(configs[config]["val_acc"], 6), -CANDIDATES.index(config)))
 
 
 def ship(out: Path, name: str, config: str) -> None:
@@ -149,13 +162,15 @@ def ship(out: Path, name: str, config: str) -> None:
         default.symlink_to(config)
 
 
-def choice_rows(results: dict[str, dict[str, dict]], folds: int) -> list[str]:
-    """Per dataset with two candidates finished: each candidate's validation accuracy and the one chosen."""
+def choice_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) -> list[str]:
+    """Per dataset with two candidates finished: each candidate's mean validation accuracy and how often the per-fold
+    selection picked it, and the one chosen."""
     rows = []
     for name, configs in results.items():
-        chosen = chosen_config(configs, folds)
+        wins = candidate_wins(out, name, folds)
+        chosen = chosen_config(wins, configs)
         if chosen is not None:
-            cells = [percent(configs[c], "val_acc") if c in configs else "-" for c in CANDIDATES]
+            cells = [f"{percent(configs[c], 'val_acc')} ({wins[c]})" if c in wins else "-" for c in CANDIDATES]
             rows.append(f"| {name} | {' | '.join(cells)} | `{chosen}` |")
     return rows
 
@@ -231,7 +246,7 @@ def ablation_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) ->
         runs = [(config, run) for config, run in runs_of(out, name) if config != "default"]
         if not runs:
             continue
-        chosen = chosen_config(configs, folds) or "generic"
+        chosen = chosen_config(candidate_wins(out, name, folds), configs) or "generic"
         for config, run in runs:
             result = configs.get(config)
             if result is None:
@@ -275,13 +290,16 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
         "on the test data and overstates; they are shown for reference only. Per-fold results: "
         "`mempool summarize OUT/<dataset>/<configuration>`.", "",
     ]
-    choices = choice_rows(results, folds)
+    choices = choice_rows(out, results, folds)
     if choices:
         lines += ["## How each dataset's defaults were chosen", "",
                   "`scripts/results.py --tune` runs the candidates below (the generic defaults and variants that keep "
-                  "every part of the model) and ships, per dataset, the one with the best mean validation accuracy "
-                  "over the folds as `configs/tuned/NAME/default.yaml` (none when the generic defaults win). Test "
-                  "folds play no part. Mean validation accuracy +- std:", "",
+                  "every part of the model) and ships, per dataset, the one that Errica et al.'s per-fold selection "
+                  "picks most often (in each fold, the best validation accuracy), as "
+                  "`configs/tuned/NAME/default.yaml`; a tie keeps the generic defaults when they are among the tied "
+                  "(a change must win more folds), else goes to the best mean validation accuracy. Test folds play no "
+                  "part. Mean validation accuracy +- std, and (in brackets) the folds where the selection picked it:",
+                  "",
                   f"| dataset | {' | '.join(f'`{c}`' for c in CANDIDATES)} | shipped |",
                   f"|---|{'---|' * len(CANDIDATES)}---|", *choices, ""]
     ablation = ablation_rows(out, results, folds)
@@ -347,7 +365,7 @@ def main() -> None:
             print(f"{name} {config}: {seconds / 60:.1f} min", flush=True)
             table()
     for name in args.datasets if args.tune else []:
-        chosen = chosen_config(results_of(args.out, name), args.folds)
+        chosen = chosen_config(candidate_wins(args.out, name, args.folds), results_of(args.out, name))
         if chosen is not None:
             ship(args.out, name, chosen)
             print(f"{name}: ships {chosen}")
