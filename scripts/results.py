@@ -257,6 +257,13 @@ def ablation_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) ->
     return rows
 
 
+def section(title: str, text: str, columns: list[str], rows: list[str]) -> list[str]:
+    """A markdown section of a paragraph and a table; nothing when there are no rows."""
+    if not rows:
+        return []
+    return [f"## {title}", "", text, "", f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}", *rows, ""]
+
+
 def write_table(out: Path, names: list[str], folds: int, overrides: list[str], target: Path, note: str) -> None:
     """docs/results.md (and its figure) from the runs in ``out``; ``note`` (how the runs were made) under the
     command."""
@@ -290,28 +297,21 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
         "on the test data and overstates; they are shown for reference only. Per-fold results: "
         "`mempool summarize OUT/<dataset>/<configuration>`.", "",
     ]
-    choices = choice_rows(out, results, folds)
-    if choices:
-        lines += ["## How each dataset's defaults were chosen", "",
-                  "`scripts/results.py --tune` runs the candidates below (the generic defaults and variants that keep "
-                  "every part of the model) and ships, per dataset, the one that Errica et al.'s per-fold selection "
-                  "picks most often (in each fold, the best validation accuracy), as "
-                  "`configs/tuned/NAME/default.yaml`; a tie keeps the generic defaults when they are among the tied "
-                  "(a change must win more folds), else goes to the best mean validation accuracy. Test folds play no "
-                  "part. Mean validation accuracy +- std, and (in brackets) the folds where the selection picked it:",
-                  "",
-                  f"| dataset | {' | '.join(f'`{c}`' for c in CANDIDATES)} | shipped |",
-                  f"|---|{'---|' * len(CANDIDATES)}---|", *choices, ""]
-    ablation = ablation_rows(out, results, folds)
-    if ablation:
-        lines += ["## Ablation: what the memory layers add", "",
-                  "Each configuration is the generic defaults with one part changed, on the same folds; the "
-                  "shipped one in bold. Sharpness is the first memory layer's mean largest assignment on the test "
-                  "folds (1/K = 0.10 when flat, 1 when hard), its mean entropy over log K (1 flat, 0 hard), and "
-                  "keys used the number of its 10 keys that are some node's argmax.", "",
-                  "| dataset | configuration | test acc | val acc | mean max assignment | entropy / log K | keys used "
-                  "| folds |",
-                  "|---|---|---|---|---|---|---|---|", *ablation, ""]
+    lines += section("How each dataset's defaults were chosen",
+                     "`scripts/results.py --tune` runs the candidates below (the generic defaults and variants that "
+                     "keep every part of the model) and ships, per dataset, the one that Errica et al.'s per-fold "
+                     "selection picks most often (in each fold, the best validation accuracy), as "
+                     "`configs/tuned/NAME/default.yaml`; a tie keeps the generic defaults when they are among the tied "
+                     "(a change must win more folds), else goes to the best mean validation accuracy. Test folds play "
+                     "no part. Mean validation accuracy +- std, and (in brackets) the folds where the selection picked "
+                     "it:", ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"], choice_rows(out, results, folds))
+    lines += section("Ablation: what the memory layers add",
+                     "Each configuration is the generic defaults with one part changed, on the same folds; the shipped "
+                     "one in bold. Sharpness is the first memory layer's mean largest assignment on the test folds "
+                     "(1/K = 0.10 when flat, 1 when hard), its mean entropy over log K (1 flat, 0 hard), and keys used "
+                     "the number of its 10 keys that are some node's argmax.",
+                     ["dataset", "configuration", "test acc", "val acc", "mean max assignment", "entropy / log K",
+                      "keys used", "folds"], ablation_rows(out, results, folds))
     figure_rows = _figure_rows(results)
     if figure_rows:
         figures.save(figures.results_figure(figure_rows, "10-fold test accuracy: mempool defaults and published rows"),
