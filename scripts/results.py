@@ -65,6 +65,7 @@ CONFIGS = {
 # The candidates for a dataset's shipped config (--tune): the generic defaults and variants that keep every part of
 # the model. The ablation's other configurations take a part away to show what it adds; they are not candidates.
 CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02")
+CLUSTERED = 0.5  # a candidate must cluster: its first memory layer's mean max assignment at least this (K=10)
 TUNED = Path(__file__).resolve().parents[1] / "configs" / "tuned"
 
 # Errica et al., "A Fair Comparison of Graph Neural Networks for Graph Classification" (ICLR 2020): stratified
@@ -115,11 +116,22 @@ def results_of(out: Path, name: str) -> dict[str, dict]:
     return {config: result for config, result in results.items() if result is not None}
 
 
+def mean_max_assignment(run: Path) -> Optional[float]:
+    """The first memory layer's mean largest assignment over a run's finished folds (None for one cluster)."""
+    done = finished_folds(run)
+    if not done or done[0].get("memory_clusters", 1) == 1:
+        return None
+    return sum(row["memory_mean_max_assignment"] for row in done) / len(done)
+
+
 def candidate_wins(out: Path, name: str, folds: int) -> dict[str, int]:
-    """How often the per-fold selection over the candidates that finished every fold picks each; empty when fewer
-    than two finished."""
+    """How often the per-fold selection over the candidates that finished every fold and cluster (mean max
+    assignment >= CLUSTERED) picks each; a lone such candidate takes every fold; empty when there is none."""
     runs = [(config, out / name / config) for config in CANDIDATES
-            if (out / name / config / "folds.json").exists() and len(finished_folds(out / name / config)) == folds]
+            if (out / name / config / "folds.json").exists() and len(finished_folds(out / name / config)) == folds
+            and (mean_max_assignment(out / name / config) or 0) >= CLUSTERED]
+    if len(runs) == 1:
+        return {runs[0][0]: folds}
     selection = select_folds(runs)
     picked = [row["job"] for row in selection["rows"]] if selection else []
     return {config: picked.count(config) for config, _ in runs} if selection else {}
@@ -162,6 +174,14 @@ def ship(out: Path, name: str, config: str) -> None:
         default.symlink_to(config)
 
 
+def _not_chosen(run: Path, result: dict, wins: Optional[int]) -> str:
+    """A candidate's note in the choice table: the folds it won, or why it could not win."""
+    if wins is not None:
+        return str(wins)
+    sharp = mean_max_assignment(run)
+    return f"flat: {sharp:.2f}" if sharp is not None and sharp < CLUSTERED else f"folds done: {result['finished']}"
+
+
 def choice_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) -> list[str]:
     """Per dataset with two candidates finished: each candidate's mean validation accuracy and how often the per-fold
     selection picked it, and the one chosen."""
@@ -170,7 +190,8 @@ def choice_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) -> l
         wins = candidate_wins(out, name, folds)
         chosen = chosen_config(wins, configs)
         if chosen is not None:
-            cells = [f"{percent(configs[c], 'val_acc')} ({wins[c]})" if c in wins else "-" for c in CANDIDATES]
+            cells = [f"{percent(configs[c], 'val_acc')} ({_not_chosen(out / name / c, configs[c], wins.get(c))})"
+                     if c in configs else "-" for c in CANDIDATES]
             rows.append(f"| {name} | {' | '.join(cells)} | `{chosen}` |")
     return rows
 
@@ -301,10 +322,13 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
                      "`scripts/results.py --tune` runs the candidates below (the generic defaults and variants that "
                      "keep every part of the model) and ships, per dataset, the one that Errica et al.'s per-fold "
                      "selection picks most often (in each fold, the best validation accuracy), as "
-                     "`configs/tuned/NAME/default.yaml`; a tie keeps the generic defaults when they are among the tied "
-                     "(a change must win more folds), else goes to the best mean validation accuracy. Test folds play "
-                     "no part. Mean validation accuracy +- std, and (in brackets) the folds where the selection picked "
-                     "it:", ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"], choice_rows(out, results, folds))
+                     "`configs/tuned/NAME/default.yaml`. Only candidates whose memory clusters can be chosen (mean max "
+                     "assignment at least 0.5: the product's requirement, a property of the inputs measured on the "
+                     "test folds' graphs without their labels). A tie keeps the generic defaults when they are among "
+                     "the tied (a change must win more folds), else goes to the best mean validation accuracy. Test "
+                     "labels play no part. Mean validation accuracy +- std, and (in brackets) the folds where the "
+                     "selection picked it:", ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"],
+                     choice_rows(out, results, folds))
     lines += section("Ablation: what the memory layers add",
                      "Each configuration is the generic defaults with one part changed, on the same folds; the shipped "
                      "one in bold. Sharpness is the first memory layer's mean largest assignment on the test folds "

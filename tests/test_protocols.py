@@ -282,3 +282,23 @@ def test_results_tune_ships_the_best_validation_candidate_as_a_tuned_file(tmp_pa
     script.ship(out, "X", "generic")
     assert not (tmp_path / "tuned" / "X" / "default.yaml").exists()
     assert (out / "X" / "default").resolve() == out / "X" / "generic"
+
+
+def test_results_tune_chooses_only_among_candidates_whose_memory_clusters(tmp_path):
+    script = _results_script()
+    folds = [{"train": [1], "val": [2], "test": [0]}] * 2
+    for name, sharp, vals in (("generic", 0.19, (0.9, 0.9)), ("drop02", 0.8, (0.8, 0.7)),
+                              ("assign", 0.9, (0.7, 0.8))):
+        run = tmp_path / "X" / name
+        run.mkdir(parents=True)
+        (run / "folds.json").write_text(json.dumps({"meta": {}, "folds": folds}))
+        for i, val in enumerate(vals):
+            (run / f"fold_{i}").mkdir()
+            (run / f"fold_{i}" / "metrics.json").write_text(json.dumps(
+                {"val_acc": val, "test_acc": 0.5, "train_acc": 1.0, "train_time_s": 1.0, "memory_clusters": 10,
+                 "memory_mean_max_assignment": sharp}))
+    assert script.candidate_wins(tmp_path, "X", 2) == {"assign": 1, "drop02": 1}  # the flat generic cannot win
+    tied = {"assign": {"val_acc": 0.75}, "drop02": {"val_acc": 0.75}}
+    assert script.chosen_config({"assign": 1, "drop02": 1}, tied) == "assign"  # then the earlier candidate
+    (tmp_path / "X" / "assign" / "fold_1" / "metrics.json").unlink()
+    assert script.candidate_wins(tmp_path, "X", 2) == {"drop02": 2}  # the one finished candidate that clusters
