@@ -56,11 +56,19 @@ def test_every_dataset_config_composes_and_validates():
         assert spec_of([f"dataset={name}"]).data.name == name
 
 
-def _tuned_files() -> list:
+def _tuned_files(root=None) -> list:
+    """(dataset, model) of every tuned file of the installed configs (or of ``root``)."""
     from mempool_cli.catalog import configs_root
 
-    return sorted((folder.name, entry.name[:-5]) for folder in configs_root().joinpath("tuned").iterdir()
+    tuned = (root or configs_root()).joinpath("tuned")
+    return sorted((folder.name, entry.name[:-5]) for folder in tuned.iterdir()
                   if folder.is_dir() for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def test_the_tuned_files_of_the_checkout_are_installed():
+    from pathlib import Path
+
+    assert _tuned_files() == _tuned_files(Path(__file__).resolve().parents[1] / "configs")
 
 
 def _leaves(tree, prefix=""):
