@@ -166,8 +166,8 @@ def ship(out: Path, name: str, config: str) -> None:
             node[leaf] = yaml.safe_load(value)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(target, f"# @package _global_\n# {name}: {CONFIGS[config][0]} (`{config}`), chosen by "
-                             "scripts/results.py --tune: the best mean validation accuracy of the candidates under "
-                             f"10-fold CV (docs/results.md)\n{yaml.safe_dump(tree, sort_keys=False)}")
+                             "scripts/results.py --tune from 10-fold validation accuracy (the rule and the figures: "
+                             f"docs/results.md)\n{yaml.safe_dump(tree, sort_keys=False)}")
     default = out / name / "default"
     if default.is_symlink() or not default.exists():
         default.unlink(missing_ok=True)
