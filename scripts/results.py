@@ -55,7 +55,7 @@ CONFIGS = {
     "no_kl": ("without the KL loss", ["train.kl_weight=0"]),
     "assign": ("head weights learned from the KL loss too", ["train.kl_schedule=assign"]),
     "no_path": ("without the summed-input path", ["model.readout=none"]),
-    "flat": ("flat memory (the defaults before this version), no path", FLAT + ["model.readout=none"]),
+    "flat": ("flat memory (the defaults before the clustering work), no path", FLAT + ["model.readout=none"]),
     "flat_path": ("flat memory + summed-input path", FLAT),
     "sum": ("no memory: the encoder's nodes summed (one cluster), no path",
             FLAT + ["model.readout=none", "model.memory.clusters=[1]"]),
