@@ -17,8 +17,8 @@ import math
 import os
 import pickle
 import platform
+import secrets
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -110,15 +110,16 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a unique temporary file in the same folder, fsync and rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # named before it exists, so that an interrupt (Ctrl-C) at any point of the write finds it to remove
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        with os.fdopen(handle, "wb") as out:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
             out.write(data.encode() if isinstance(data, str) else data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
