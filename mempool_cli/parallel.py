@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -47,13 +49,28 @@ def fold_logging(fold_dir: Path) -> None:
     root.setLevel(logging.INFO)
 
 
+def _watch_parent(parent: int) -> None:
+    """In a worker: exit once the process that started it is gone (killed before it could stop its workers), so no
+    worker is left behind waiting for folds."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def start_worker(threads: int, parent: int) -> None:
+    """A worker's set-up: its share of the threads, and a watch on its parent."""
+    set_threads(threads)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
 def run_parallel(run_fold: Callable[..., dict[str, Any]], jobs: list[tuple[int, tuple]], workers: int,
                  threads: Optional[int]) -> dict[int, dict[str, Any]]:
     """``run_fold(*args)`` for every ``(fold, args)`` of ``jobs`` on ``workers`` processes; the metrics by fold.
     The first failure stops the others and is raised."""
     results: dict[int, dict[str, Any]] = {}
     context = get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=set_threads, initargs=(threads or 1,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
+                             initargs=(threads or 1, os.getpid())) as pool:
         futures = {pool.submit(run_fold, *args): fold for fold, args in jobs}
         try:
             for future in as_completed(futures):

@@ -302,3 +302,39 @@ def test_results_tune_chooses_only_among_candidates_whose_memory_clusters(tmp_pa
     assert script.chosen_config({"assign": 1, "drop02": 1}, tied) == "assign"  # then the earlier candidate
     (tmp_path / "X" / "assign" / "fold_1" / "metrics.json").unlink()
     assert script.candidate_wins(tmp_path, "X", 2) == {"drop02": 2}  # the one finished candidate that clusters
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_fold_workers_exit_when_their_parent_is_killed():
+    import signal
+    import time
+
+    code = "import time; from mempool_cli.parallel import run_parallel; run_parallel(time.sleep, [(0, (120,))], 1, 1)"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while not (workers := _children(parent.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # the worker has started and holds its fold
+    workers = _children(parent.pid)
+    assert workers
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left
