@@ -336,7 +336,7 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
                      "the number of its 10 keys that are some node's argmax.",
                      ["dataset", "configuration", "test acc", "val acc", "mean max assignment", "entropy / log K",
                       "keys used", "folds"], ablation_rows(out, results, folds))
-    figure_rows = _figure_rows(results)
+    figure_rows = _figure_rows(results, folds)
     if figure_rows:
         figures.save(figures.results_figure(figure_rows, "10-fold test accuracy: mempool defaults and published rows"),
                      target.with_suffix(".png"))
@@ -344,18 +344,19 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
     write_atomic(target, "\n".join(lines))
 
 
-def _figure_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
+def _figure_rows(results: dict[str, dict[str, dict]], folds: int) -> list[dict]:
     """The bars of the results figure: mempool's defaults, Errica et al.'s best row, the best later row."""
     rows = []
     for name, configs in results.items():
         default = configs.get("default")
         if default is None:
             continue
-        rows.append({"dataset": name, "label": "mempool defaults", "mean": 100 * default["test_acc"],
+        shown = name if default["finished"] == folds else f"{name}\n({default['finished']} of {folds} folds)"
+        rows.append({"dataset": shown, "label": "mempool defaults", "mean": 100 * default["test_acc"],
                      "std": 100 * default["test_acc_std"]})
         for label, table in (("Errica et al. best", ERRICA_BEST), ("best later fair-protocol row", LATER_BEST)):
             if name in table:
-                rows.append({"dataset": name, "label": label, "mean": table[name][1], "std": table[name][2]})
+                rows.append({"dataset": shown, "label": label, "mean": table[name][1], "std": table[name][2]})
     return rows
 
 
