@@ -30,6 +30,7 @@ from typing import Optional
 
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from mempool_cli import figures
 from mempool_cli.artifacts import write_atomic
@@ -37,7 +38,7 @@ from mempool_cli.sweep import finished_folds, fold_rows, fold_summary, select_fo
 
 DATASETS = ["MUTAG", "PROTEINS", "PROTEINS_full", "ENZYMES", "NCI1", "IMDB-BINARY", "DD", "REDDIT-BINARY"]
 
-# the defaults before this version: the memory input unnormalised, tau 1, uniform keys, PyG's head weights
+# the defaults before the clustering work: the memory input unnormalised, tau 1, uniform keys, PyG's head weights
 FLAT = ["model.memory.norm=none", "model.memory.radius=3", "model.memory.tau=1", "model.memory.key_init=uniform",
         "model.memory.head_init=null"]
 # name: (what it is, overrides on top of the generic defaults: configs/model/default.yaml without a dataset's
@@ -156,14 +157,7 @@ def ship(out: Path, name: str, config: str) -> None:
     if config == "generic":
         target.unlink(missing_ok=True)
     else:
-        tree: dict = {}
-        for override in CONFIGS[config][1]:
-            key, value = override.split("=", 1)
-            *parents, leaf = key.split(".")
-            node = tree
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = yaml.safe_load(value)
+        tree = OmegaConf.to_container(OmegaConf.from_dotlist(CONFIGS[config][1]))
         target.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(target, f"# @package _global_\n# {name}: {CONFIGS[config][0]} (`{config}`), chosen by "
                              "scripts/results.py --tune from 10-fold validation accuracy (the rule and the figures: "
