@@ -117,20 +117,25 @@ def results_of(out: Path, name: str) -> dict[str, dict]:
     return {config: result for config, result in results.items() if result is not None}
 
 
-def mean_max_assignment(run: Path) -> Optional[float]:
-    """The first memory layer's mean largest assignment over a run's finished folds (None for one cluster)."""
+def memory_folds(run: Path) -> list[dict]:
+    """A run's finished folds when its first memory layer has more than one cluster (none otherwise)."""
     done = finished_folds(run)
-    if not done or done[0].get("memory_clusters", 1) == 1:
-        return None
-    return sum(row["memory_mean_max_assignment"] for row in done) / len(done)
+    return done if done and done[0].get("memory_clusters", 1) > 1 else []
+
+
+def mean_max_assignment(done: list[dict]) -> Optional[float]:
+    """The first memory layer's mean largest assignment over :func:`memory_folds` rows (None without any)."""
+    return sum(row["memory_mean_max_assignment"] for row in done) / len(done) if done else None
 
 
 def candidate_wins(out: Path, name: str, folds: int) -> dict[str, int]:
     """How often the per-fold selection over the candidates that finished every fold and cluster (mean max
     assignment >= CLUSTERED) picks each; a lone such candidate takes every fold; empty when there is none."""
-    runs = [(config, out / name / config) for config in CANDIDATES
-            if (out / name / config / "folds.json").exists() and len(finished_folds(out / name / config)) == folds
-            and (mean_max_assignment(out / name / config) or 0) >= CLUSTERED]
+    runs = []
+    for config in CANDIDATES:
+        done = memory_folds(out / name / config)
+        if len(done) == folds and mean_max_assignment(done) >= CLUSTERED:
+            runs.append((config, out / name / config))
     if len(runs) == 1:
         return {runs[0][0]: folds}
     selection = select_folds(runs)
@@ -172,16 +177,16 @@ def _not_chosen(run: Path, result: dict, wins: Optional[int]) -> str:
     """A candidate's note in the choice table: the folds it won, or why it could not win."""
     if wins is not None:
         return str(wins)
-    sharp = mean_max_assignment(run)
+    sharp = mean_max_assignment(memory_folds(run))
     return f"flat: {sharp:.2f}" if sharp is not None and sharp < CLUSTERED else f"folds done: {result['finished']}"
 
 
-def choice_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) -> list[str]:
-    """Per dataset with two candidates finished: each candidate's mean validation accuracy and how often the per-fold
-    selection picked it, and the one chosen."""
+def choice_rows(out: Path, results: dict[str, dict[str, dict]], wins_by: dict[str, dict[str, int]]) -> list[str]:
+    """Per dataset with a candidate that can ship: each candidate's mean validation accuracy and how often the
+    per-fold selection picked it (``wins_by``: :func:`candidate_wins` by dataset), and the one chosen."""
     rows = []
     for name, configs in results.items():
-        wins = candidate_wins(out, name, folds)
+        wins = wins_by[name]
         chosen = chosen_config(wins, configs)
         if chosen is not None:
             cells = [f"{percent(configs[c], 'val_acc')} ({_not_chosen(out / name / c, configs[c], wins.get(c))})"
@@ -244,8 +249,8 @@ def main_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) -> tup
 def _sharpness(run: Path) -> tuple[str, str, str]:
     """The first memory layer over the folds' test parts: mean max assignment (mean and lowest fold), entropy /
     log K (mean) and keys used (range)."""
-    done = finished_folds(run)
-    if not done or done[0].get("memory_clusters", 1) == 1:
+    done = memory_folds(run)
+    if not done:
         return "n/a (one cluster)", "n/a", "n/a"
     sharp = [row["memory_mean_max_assignment"] for row in done]
     entropy = [row["memory_normalized_entropy"] for row in done]
@@ -254,14 +259,15 @@ def _sharpness(run: Path) -> tuple[str, str, str]:
             f"{min(keys)}-{max(keys)}")
 
 
-def ablation_rows(out: Path, results: dict[str, dict[str, dict]], folds: int) -> list[str]:
-    """One row per (dataset, configuration) where more than the defaults were run; the shipped one in bold."""
+def ablation_rows(out: Path, results: dict[str, dict[str, dict]], wins_by: dict[str, dict[str, int]]) -> list[str]:
+    """One row per (dataset, configuration) where more than the defaults were run; the shipped one in bold
+    (``wins_by``: :func:`candidate_wins` by dataset)."""
     rows = []
     for name, configs in results.items():
         runs = [(config, run) for config, run in runs_of(out, name) if config != "default"]
         if not runs:
             continue
-        chosen = chosen_config(candidate_wins(out, name, folds), configs) or "generic"
+        chosen = chosen_config(wins_by[name], configs) or "generic"
         for config, run in runs:
             result = configs.get(config)
             if result is None:
@@ -283,6 +289,7 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
     """docs/results.md (and its figure) from the runs in ``out``; ``note`` (how the runs were made) under the
     command."""
     results = {name: results_of(out, name) for name in names}
+    wins_by = {name: candidate_wins(out, name, folds) for name in names}
     rows, verdicts = main_rows(out, results, folds)
     beaten = [name for name, v in verdicts.items() if v == "yes"]
     short = [f"{name} {v.removeprefix('no ')}" for name, v in verdicts.items() if v.startswith("no")]
@@ -322,14 +329,14 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
                      "the tied (a change must win more folds), else goes to the best mean validation accuracy. Test "
                      "labels play no part. Mean validation accuracy +- std, and (in brackets) the folds where the "
                      "selection picked it:", ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"],
-                     choice_rows(out, results, folds))
+                     choice_rows(out, results, wins_by))
     lines += section("Ablation: what the memory layers add",
                      "Each configuration is the generic defaults with one part changed, on the same folds; the shipped "
                      "one in bold. Sharpness is the first memory layer's mean largest assignment on the test folds "
                      "(1/K = 0.10 when flat, 1 when hard), its mean entropy over log K (1 flat, 0 hard), and keys used "
                      "the number of its 10 keys that are some node's argmax.",
                      ["dataset", "configuration", "test acc", "val acc", "mean max assignment", "entropy / log K",
-                      "keys used", "folds"], ablation_rows(out, results, folds))
+                      "keys used", "folds"], ablation_rows(out, results, wins_by))
     figure_rows = _figure_rows(results, folds)
     if figure_rows:
         figures.save(figures.results_figure(figure_rows, "10-fold test accuracy: mempool defaults and published rows"),
@@ -364,7 +371,8 @@ def main() -> None:
     parser.add_argument("--table", type=Path, default=Path("docs/results.md"))
     parser.add_argument("--table-only", action="store_true", help="only rewrite the tables from the runs in --out")
     parser.add_argument("--tune", action="store_true",
-                        help="run the candidates (CANDIDATES) and ship each dataset's best by validation accuracy")
+                        help="run the candidates (CANDIDATES) and ship, per dataset, the one the per-fold selection "
+                             "picks most often (docs/results.md states the rule)")
     parser.add_argument("--note", default="", help="a paragraph under the command: how the runs were made")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
     args = parser.parse_args()
