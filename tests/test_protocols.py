@@ -255,7 +255,7 @@ def _results_script():
     return module
 
 
-def test_results_tune_ships_the_best_validation_candidate_as_a_tuned_file(tmp_path, monkeypatch):
+def test_results_tune_ships_the_candidate_picked_most_often_as_a_tuned_file(tmp_path, monkeypatch):
     """The results script ships the candidate the per-fold selection picks most often (a tie keeps the generic
     defaults, else goes to the best mean validation accuracy); its tuned file composes to that candidate's
     overrides; the generic defaults winning removes the file."""
@@ -324,7 +324,7 @@ def test_fold_workers_exit_when_their_parent_is_killed():
     code = "import time; from mempool_cli.parallel import run_parallel; run_parallel(time.sleep, [(0, (120,))], 1, 1)"
     parent = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 60
-    while not (workers := _children(parent.pid)) and time.monotonic() < deadline:
+    while not _children(parent.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(2.0)  # the worker has started and holds its fold
     workers = _children(parent.pid)
