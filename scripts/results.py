@@ -47,6 +47,7 @@ CONFIGS = {
     "default": ("the shipped defaults of the dataset", []),
     "generic": ("the generic defaults: sharp memory + summed-input path + KL loss, dropout 0.5", []),
     "drop02": ("dropout 0.2", ["model.dropout=0.2"]),
+    "drop0": ("no dropout", ["model.dropout=0.0"]),
     "assign_drop02": ("dropout 0.2, head weights learned from the KL loss", ["model.dropout=0.2",
                                                                             "train.kl_schedule=assign"]),
     "wide_drop02": ("dropout 0.2, width 128", ["model.dropout=0.2", "model.hidden=128", "model.memory.hidden=128"]),
@@ -65,7 +66,7 @@ CONFIGS = {
 
 # The candidates for a dataset's shipped config (--tune): the generic defaults and variants that keep every part of
 # the model. The ablation's other configurations take a part away to show what it adds; they are not candidates.
-CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02")
+CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02", "drop0")
 CLUSTERED = 0.5  # a candidate must cluster: its first memory layer's mean max assignment at least this (K=10)
 TUNED = Path(__file__).resolve().parents[1] / "configs" / "tuned"
 
