@@ -27,6 +27,20 @@ void map_inplace(T* p, int64_t n, const F& f) {
   if (i < n) f(V::loadu(p + i, n - i)).store(p + i, n - i);
 }
 
+// v^(n / 2) for a whole number n >= 0: squarings and products, and one square root when n is odd. Used for the
+// Student-t power (1 + tau) / 2 whenever tau is a whole number (mempool's default 30: v^15.5), where it is several
+// times cheaper than exp(p log v) and as accurate (against float64: the same errors, led by the distances).
+template <typename T>
+at::vec::Vectorized<T> power_of_half(const at::vec::Vectorized<T>& v, int64_t n) {
+  using V = at::vec::Vectorized<T>;
+  V result(1), square = v;
+  for (int64_t m = n / 2; m > 0; m >>= 1) {
+    if (m & 1) result = result * square;
+    if (m > 1) square = square * square;
+  }
+  return n % 2 ? result * v.sqrt() : result;
+}
+
 // Start of each graph's nodes in the sorted `batch`: ptr[b]..ptr[b+1] are graph b's rows.
 std::vector<int64_t> segment_ptr(const Tensor& batch, int64_t num_graphs) {
   const int64_t* b = batch.data_ptr<int64_t>();
@@ -70,6 +84,8 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
     scalar_t* sh = S_heads.data_ptr<scalar_t>();
     scalar_t* sp = S.data_ptr<scalar_t>();
     const scalar_t t = tau, power = (1.0 + tau) / 2.0;
+    // the power's exponent in halves when 1 + tau is a whole number (up to 512), else -1 (exp and log)
+    const int64_t halves = tau + 1.0 == std::floor(tau + 1.0) && tau + 1.0 <= 512 ? int64_t(tau + 1.0) : -1;
     at::parallel_for(0, N, kNodeGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> logits(K);
       for (int64_t i = begin; i < end; ++i) {
@@ -79,9 +95,10 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
         for (int64_t f = 0; f < F; ++f) xx += xi[f] * xi[f];
         scalar_t* idi = id + i * HK;
         scalar_t* shi = sh + i * HK;
+        const scalar_t base = t + xx, lowest = t;  // locals, so that the loop below is vectorised
         _Pragma("omp simd")
         for (int64_t j = 0; j < HK; ++j) {
-          idi[j] = 1 / std::max(t + xx + kk[j] - 2 * idi[j], t);  // clamped against rounding below zero
+          idi[j] = 1 / std::max(base + kk[j] - 2 * idi[j], lowest);  // clamped against rounding below zero
           shi[j] = idi[j];
         }
         if (tau != 1.0) {  // (1 + d / tau)^(-(1 + tau) / 2), relative to each head's nearest key: the per-head
@@ -90,8 +107,12 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
             const scalar_t scale = 1 / *std::max_element(shh, shh + K);
             for (int64_t k = 0; k < K; ++k) shh[k] *= scale;
           }
-          const Vec exponent(power);
-          map_inplace(shi, HK, [&](const Vec& v) { return (v.log() * exponent).exp(); });
+          if (halves >= 0) {
+            map_inplace(shi, HK, [&](const Vec& v) { return power_of_half(v, halves); });
+          } else {
+            const Vec exponent(power);
+            map_inplace(shi, HK, [&](const Vec& v) { return (v.log() * exponent).exp(); });
+          }
         }
         std::fill(logits.begin(), logits.end(), scalar_t(0));
         for (int64_t h = 0; h < H; ++h) {  // normalise each head over K, then merge the heads
