@@ -127,11 +127,16 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
             logits[k] += wp[h] * shh[k];
           }
         }
-        const Vec top(*std::max_element(logits.begin(), logits.end()));
-        map_inplace(logits.data(), K, [&](const Vec& v) { return (v - top).exp(); });
+        const scalar_t top = *std::max_element(logits.begin(), logits.end());
+        for (int64_t k = 0; k < K; ++k) sp[i * K + k] = logits[k] - top;
+      }
+      // the softmax over K: exp over the whole block at once (full vectors), then each node's normalisation
+      map_inplace(sp + begin * K, (end - begin) * K, [](const Vec& v) { return v.exp(); });
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t* si = sp + i * K;
         scalar_t total = 0;
-        for (int64_t k = 0; k < K; ++k) total += logits[k];
-        for (int64_t k = 0; k < K; ++k) sp[i * K + k] = logits[k] / total;
+        for (int64_t k = 0; k < K; ++k) total += si[k];
+        for (int64_t k = 0; k < K; ++k) si[k] /= total;
       }
     });
     scalar_t* out = pooled.data_ptr<scalar_t>();
@@ -295,9 +300,13 @@ std::vector<Tensor> kl_forward(const Tensor& S, const Tensor& batch, int64_t num
             pi[k] /= r;
             li[k] = std::max(pi[k] / std::max(si[k], eps), eps);  // P / S, with P clamped like PyG's
           }
-          map_inplace(li, K, [](const at::vec::Vectorized<scalar_t>& v) { return v.log(); });
+        }
+        // the graph's logs at once (full vectors), then each node's loss
+        map_inplace(lp + ptr[g] * K, (ptr[g + 1] - ptr[g]) * K,
+                    [](const at::vec::Vectorized<scalar_t>& v) { return v.log(); });
+        for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i) {
           scalar_t loss = 0;
-          for (int64_t k = 0; k < K; ++k) loss += pi[k] * li[k];
+          for (int64_t k = 0; k < K; ++k) loss += pp[i * K + k] * lp[i * K + k];
           nl[i] = loss;
         }
       }
