@@ -48,12 +48,13 @@ def reference_package(rev: str) -> str:
     return "mempool_ref"
 
 
-def default_spec(dataset: str):
-    """The run spec of ``mempool train dataset=<dataset> ~tuned`` in this checkout: the generic default model, the one
-    the README's figures were measured with (a dataset's tuned settings may change the model, e.g. ENZYMES' width)."""
+def default_spec(dataset: str, *overrides: str):
+    """The run spec of ``mempool train dataset=<dataset> ~tuned [overrides]`` in this checkout: the generic default
+    model, the one the README's figures were measured with (a dataset's tuned settings may change the model, e.g.
+    ENZYMES' width)."""
     register_configs()
     with initialize_config_module(config_module="mempool_cli.configs", version_base="1.3"):
-        return resolve(compose(config_name="config", overrides=[f"dataset={dataset}", "~tuned"]))
+        return resolve(compose(config_name="config", overrides=[f"dataset={dataset}", "~tuned", *overrides]))
 
 
 class Side:

@@ -3,7 +3,9 @@
 1. the layer alone: forward + backward with the KL loss over shuffled epochs of real batches;
 2. a training epoch on PROTEINS with the architecture of PyG's examples/mem_pool.py: that example's loop
    (PyG layer, its two-phase KL step) against the trainer's loop (our layer, one forward per batch);
-3. the limit: the same encoder with a global mean-pool readout instead of the memory layers.
+3. the limit: the same encoder with a global mean-pool readout instead of the memory layers;
+4. mempool's own default model (``mempool train dataset=PROTEINS ~tuned``, one thread) against the same model with
+   its memory replaced by a sum over the nodes (``model.memory.clusters=[1]``): what the memory costs a user's epoch.
 
 Timings take the sides in turn in every repeat and keep the median of --repeats; peak memory is the peak growth
 of the resident set of a fresh process that runs one epoch of that side alone.
@@ -31,6 +33,8 @@ from torch import nn
 from torch_geometric.nn import DeepGCNLayer, GATConv, global_mean_pool
 from torch_geometric.nn import MemPooling as PygMemPooling
 
+from bench_epoch import Side, default_spec
+from bench_epoch import timed as timed_epochs
 from mempool_cli.config import DataSpec, default_data_root, default_data_source
 from mempool_cli.data import Dataset, make_loader
 from mempool_cli.engine import train_epoch
@@ -239,6 +243,18 @@ def bench_epoch(repeats: int, console: Console) -> None:
                   f"the time (target <= 1.15x)")
 
 
+def bench_default_model(epochs: int, console: Console) -> None:
+    """Section 4: a training + validation epoch of the default model and of the same model with a sum readout."""
+    sides = {"memory": Side("mempool_cli", default_spec("PROTEINS")),
+             "sum": Side("mempool_cli", default_spec("PROTEINS", "model.memory.clusters=[1]"))}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    seconds = timed_epochs(sides, epochs)
+    torch.set_num_threads(threads)
+    console.print(f"4. mempool's default model on PROTEINS, 1 thread: {seconds['memory']:.3f} s / epoch with the memory "
+                  f"layers, {seconds['sum']:.3f} with a sum readout: {seconds['memory'] / seconds['sum']:.2f}x the time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["PROTEINS", "DD", "REDDIT-BINARY"])
@@ -255,6 +271,7 @@ def main() -> None:
         bench_layer(args.datasets, args.batch_sizes, args.hidden, args.repeats, console)
     if not args.skip_epoch:
         bench_epoch(args.repeats, console)
+        bench_default_model(5 * args.repeats, console)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ BUILD_LOCK = ".mempool-build.lock"
 
 # vector instructions to compile for, by what PyTorch found on this CPU; the build is named after them, so
 # machines sharing a cache folder never load a build their CPU cannot run. CPU_CAPABILITY_AVX2 makes ATen's
-# Vectorized math (exp, log, pow) use AVX2 and the SLEEF functions inside libtorch; elsewhere it is plain C++.
+# Vectorized math (exp, log, sqrt) use AVX2 and the SLEEF functions inside libtorch; elsewhere it is plain C++.
 AVX2_FLAGS = ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 VECTOR_FLAGS = {"AVX2": AVX2_FLAGS, "AVX512": AVX2_FLAGS}
 
