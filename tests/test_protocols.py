@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -318,9 +320,6 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_fold_workers_exit_when_their_parent_is_killed():
-    import signal
-    import time
-
     code = "import time; from mempool_cli.parallel import run_parallel; run_parallel(time.sleep, [(0, (120,))], 1, 1)"
     parent = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 60
