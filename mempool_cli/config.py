@@ -79,6 +79,7 @@ class MemoryConfig:
     radius: float = 3.0
     head_init: Optional[float] = None
     key_init: str = "uniform"
+    reseed: float = 0.0
 
 
 @dataclass
@@ -209,6 +210,7 @@ class ModelSpec:
     memory_radius: float = 3.0
     head_init: Optional[float] = None
     key_init: str = "uniform"
+    key_reseed: float = 0.0
     readout: str = "none"
 
     def __post_init__(self) -> None:
@@ -217,6 +219,7 @@ class ModelSpec:
         check_choice("model.memory.norm", self.memory_norm, MEMORY_NORMS)
         check_choice("model.memory.key_init", self.key_init, KEY_INITS)
         _positive("model.memory.radius", self.memory_radius)
+        _fraction("model.memory.reseed", self.key_reseed)
         if self.head_init is not None:
             _finite("model.memory.head_init", self.head_init)
         check_choice("model.norm", self.norm, NORMS)
@@ -391,7 +394,8 @@ def _model_spec(model: Mapping[str, Any]) -> ModelSpec:
         heads=tuple(memory["heads_per_layer"] or [memory["heads"]] * layers),
         tau=tuple(float(t) for t in (memory["tau_per_layer"] or [memory["tau"]] * layers)),
         memory_impl=memory["impl"], memory_norm=memory["norm"], memory_radius=memory["radius"],
-        head_init=memory["head_init"], key_init=memory["key_init"], readout=model["readout"],
+        head_init=memory["head_init"], key_init=memory["key_init"], key_reseed=memory["reseed"],
+        readout=model["readout"],
     )
 
 

@@ -14,6 +14,15 @@ from mempool_cli.model import MemGNN
 BatchCallback = Callable[[int, float], None]
 
 
+def key_counts(S: Tensor) -> Tensor:
+    """How many rows of the assignments ``S`` (``[N, K]``, or padded ``[B, N, K]`` whose all-zero rows are
+    padding) pick each of the K clusters as their argmax."""
+    rows = S.detach().reshape(-1, S.size(-1))
+    if S.dim() == 3:
+        rows = rows[rows.sum(-1) > 0]
+    return torch.bincount(rows.argmax(-1), minlength=S.size(-1))
+
+
 def train_epoch(
     model: MemGNN,
     loader: GraphLoader,
@@ -23,7 +32,8 @@ def train_epoch(
     kl_weight: float = 1.0,
     on_batch: Optional[BatchCallback] = None,
 ) -> dict[str, float]:
-    """Train for one epoch; returns the graph-weighted mean ``loss``, ``ce``, ``kl`` and ``acc``.
+    """Train for one epoch; returns the graph-weighted mean ``loss``, ``ce``, ``kl`` and ``acc``, and
+    ``key_counts``: how many training nodes picked each key of the first memory layer as their argmax.
 
     ``paper``: each memory layer's keys learn from that layer's KL loss only and every other parameter from
     the cross-entropy only, all from the same forward pass (one backward pass with mempool's layer; with
@@ -39,10 +49,12 @@ def train_epoch(
     kl_ids = {id(p) for params in kl_params for p in params}
     others = [p for p in model.parameters() if id(p) not in kl_ids and p.requires_grad]
     totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0.0}
-    seen = 0
+    seen, counts = 0, 0
     for step, data in enumerate(loader, start=1):
         data = data.to(device)
-        logits, layer_kls = model(data.x, data.edge_index, data.batch, data.num_graphs, data.edge_attr)
+        logits, layer_kls, assignments = model.forward_with_assignments(data.x, data.edge_index, data.batch,
+                                                                        data.num_graphs, data.edge_attr)
+        counts = counts + key_counts(assignments[0])
         ce = F.cross_entropy(logits, data.y)
         kl = layer_kls.sum()
         loss = ce + kl_weight * kl
@@ -63,7 +75,7 @@ def train_epoch(
         if on_batch is not None:
             on_batch(step, totals["loss"] / seen)
     return {"loss": totals["loss"] / seen, "ce": totals["ce"] / seen, "kl": totals["kl"] / seen,
-            "acc": totals["correct"] / seen}
+            "acc": totals["correct"] / seen, "key_counts": counts}
 
 
 @torch.inference_mode()

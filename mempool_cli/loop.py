@@ -140,9 +140,22 @@ def _step_scheduler(scheduler: Optional[Any], val_loss: float) -> None:
         scheduler.step()
 
 
+def reseed_starved_keys(state: TrainState, counts: torch.Tensor, train_loader: GraphLoader,
+                        device: torch.device) -> None:
+    """Move the memory keys that too few training nodes picked this epoch onto nodes of a random batch of
+    training graphs (drawn, like the shuffling, from the state's generator, so a resumed run does the same)."""
+    starved = state.model.starved_keys(counts)
+    if starved:
+        ids = torch.randperm(train_loader.num_graphs, generator=state.generator)[:train_loader.batch_size]
+        sample = train_loader.gather(ids).to(device)
+        state.model.reseed_keys(starved, sample.x, sample.edge_index, sample.edge_attr, state.generator)
+        log.debug("epoch %d: keys %s reseeded", state.epoch, starved)
+
+
 def run_epoch(state: TrainState, train_loader: GraphLoader, val_loader: GraphLoader, spec: TrainSpec,
               device: torch.device, callbacks: Sequence[Callback]) -> dict[str, float]:
-    """Train one epoch, validate, step the scheduler; returns the epoch's scalars, named as in TensorBoard."""
+    """Train one epoch, validate, step the scheduler, reseed starved keys; returns the epoch's scalars, named as
+    in TensorBoard."""
     def on_batch(step: int, loss: float) -> None:
         for callback in callbacks:
             callback.on_batch(step, loss)
@@ -153,7 +166,9 @@ def run_epoch(state: TrainState, train_loader: GraphLoader, val_loader: GraphLoa
     lr = state.optimizer.param_groups[0]["lr"]
     _step_scheduler(state.scheduler, val["loss"])
     state.record(val)
+    reseed_starved_keys(state, train["key_counts"], train_loader, device)
     stats = {f"train/{key}": train[key] for key in ("loss", "ce", "kl", "acc")}
+    stats["train/keys_used"] = int((train["key_counts"] > 0).sum())
     stats.update({f"val/{key}": val[key] for key in ("loss", "ce", "kl", "acc")})
     return {**stats, "lr": lr}
 

@@ -52,12 +52,13 @@ class MemGNN(nn.Module):
         memory_radius: float = 3.0,
         head_init: Optional[float] = None,
         key_init: str = "uniform",
+        key_reseed: float = 0.0,
         readout: str = "none",
         num_edge_features: int = 0,
     ):
         super().__init__()
         self.dropout, self.memory_norm, self.memory_radius, self.key_init = dropout, memory_norm, memory_radius, key_init
-        self.readout, self.uses_edges = readout, encoder == "gine"
+        self.readout, self.uses_edges, self.key_reseed = readout, encoder == "gine", key_reseed
         self.embed = nn.Linear(num_features, hidden)
         self.convs = nn.ModuleList(CONVS[encoder](hidden, num_edge_features) for _ in range(layers))
         self.norms = nn.ModuleList(NORMS[norm](hidden) for _ in range(layers))
@@ -94,6 +95,19 @@ class MemGNN(nn.Module):
         return x
 
     @torch.no_grad()
+    def _training_embeddings(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor]) -> Tensor:
+        """:meth:`encode` as training computes it (batch statistics) without dropout noise, leaving the batch
+        norms' running statistics as they were."""
+        saved, dropout, training = copy.deepcopy(self.state_dict()), self.dropout, self.training
+        self.dropout = 0.0
+        self.train()
+        points = self.encode(x, edge_index, edge_attr)
+        self.load_state_dict(saved)
+        self.dropout = dropout
+        self.train(training)
+        return points
+
+    @torch.no_grad()
     def init_keys(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor] = None, seed: int = 0) -> None:
         """Set every head's keys of the first memory layer to k-means centres of these nodes' embeddings, as DEC
         initialises its centres: one k-means run per head, seeded apart, its centres matched to the first head's
@@ -101,11 +115,8 @@ class MemGNN(nn.Module):
         from scipy.optimize import linear_sum_assignment
         from sklearn.cluster import KMeans
 
-        layer, saved, dropout = self.memory[0], copy.deepcopy(self.state_dict()), self.dropout
-        self.dropout = 0.0  # embeddings as training computes them (batch statistics), without dropout noise
-        points = self.encode(x, edge_index, edge_attr).double().cpu().numpy()
-        self.load_state_dict(saved)  # the batch norms' running statistics as they were
-        self.dropout = dropout
+        layer = self.memory[0]
+        points = self._training_embeddings(x, edge_index, edge_attr).double().cpu().numpy()
         first = None
         for h in range(layer.heads):
             centres = KMeans(layer.num_clusters, n_init=3, random_state=seed + h).fit(points).cluster_centers_
@@ -115,6 +126,23 @@ class MemGNN(nn.Module):
                 cost = ((first[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
                 centres = centres[linear_sum_assignment(cost)[1]]
             layer.k[h] = torch.as_tensor(centres, dtype=layer.k.dtype)
+
+    def starved_keys(self, counts: Tensor) -> list[int]:
+        """The first memory layer's keys that were the argmax of fewer than ``key_reseed`` of the nodes counted
+        (``counts`` ``[K]``, nodes per key); none when ``key_reseed`` is 0."""
+        if not self.key_reseed or counts.numel() < 2 or counts.sum() == 0:
+            return []
+        return (counts < self.key_reseed * counts.sum()).nonzero().flatten().tolist()
+
+    @torch.no_grad()
+    def reseed_keys(self, keys: Sequence[int], x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
+                    generator: Optional[torch.Generator] = None) -> None:
+        """Move keys ``keys`` of the first memory layer (in every head) onto the embeddings of distinct nodes of
+        this batch drawn at random: a starved key then takes a share of the clusters the nodes crowd into."""
+        points = self._training_embeddings(x, edge_index, edge_attr)
+        picks = torch.randperm(points.size(0), generator=generator)[:len(keys)].to(points.device)
+        layer = self.memory[0]
+        layer.k[:, list(keys)[:picks.numel()]] = points[picks].to(layer.k.dtype)
 
     def kl_parameters(self, with_heads: bool = False) -> list[list[nn.Parameter]]:
         """Per memory layer, what its KL loss alone trains in the paper's schedule: its keys, and with

@@ -8,8 +8,9 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from mempool_cli.config import ModelSpec, OptimSpec
-from mempool_cli.engine import assignment_stats, memory_stats
-from mempool_cli.loop import TrainState
+from mempool_cli.data.batching import GraphLoader
+from mempool_cli.engine import assignment_stats, key_counts, memory_stats
+from mempool_cli.loop import TrainState, reseed_starved_keys
 from mempool_cli.model import build_model
 from mempool_cli.protocols import train
 from test_core import spec_of
@@ -58,6 +59,46 @@ def test_kmeans_keys_are_matched_across_heads_and_assign_sharply():
     assert stats[0]["mean_max_assignment"] > 0.9 and stats[0]["keys_used"] == 3
     plain = memory_stats(_model(), [data], torch.device("cpu"))
     assert plain[0]["mean_max_assignment"] < 0.4  # PyG's initialisation: nearly flat
+
+
+def test_starved_keys_are_those_below_the_share_and_none_without_reseeding():
+    counts = torch.tensor([50, 0, 9, 41])
+    assert _model(key_reseed=0.1).starved_keys(counts) == [1, 2]
+    assert _model().starved_keys(counts) == []
+    assert key_counts(torch.eye(3)[[0, 2, 2]]).tolist() == [1, 0, 2]
+    padded = torch.stack([torch.eye(3)[[1, 1]], torch.cat([torch.eye(3)[[2]], torch.zeros(1, 3)])])
+    assert key_counts(padded).tolist() == [0, 2, 1]  # the padding row picks nothing
+
+
+def test_reseeded_keys_sit_on_nodes_and_nothing_else_moves():
+    data = _clustered_batch()
+    model = _model(**SHARP)
+    model.init_keys(data.x, data.edge_index, seed=0)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    model.reseed_keys([0, 2], data.x, data.edge_index, generator=torch.Generator().manual_seed(0))
+    after = model.state_dict()
+    assert [name for name in before if not torch.equal(before[name], after[name])] == ["memory.0.k"]
+    keys = model.memory[0].k.detach()
+    assert torch.equal(keys[:, 1], before["memory.0.k"][:, 1])
+    points = model.encode(data.x, data.edge_index)  # training mode, no dropout: what the reseeding saw
+    for j in (0, 2):
+        assert torch.equal(keys[:, j], keys[0, j].expand_as(keys[:, j]))  # every head: the same point
+        assert (points - keys[0, j]).norm(dim=-1).min() < 1e-5
+
+
+def test_a_starved_key_is_picked_again_after_reseeding():
+    data = _clustered_batch()
+    model = _model(**SHARP, key_reseed=0.05)
+    model.init_keys(data.x, data.edge_index, seed=0)
+    with torch.no_grad():
+        model.memory[0].k[:, 1] += 1e3  # far from every node: nobody picks it
+    counts = key_counts(model.forward_with_assignments(data.x, data.edge_index, data.batch, data.num_graphs)[2][0])
+    assert counts[1] == 0 and model.starved_keys(counts) == [1]
+    state = TrainState.create(model, OptimSpec(), epochs=1, seed=0)
+    loader = GraphLoader(data.to_data_list(), batch_size=data.num_graphs)
+    reseed_starved_keys(state, counts, loader, torch.device("cpu"))
+    counts = key_counts(model.forward_with_assignments(data.x, data.edge_index, data.batch, data.num_graphs)[2][0])
+    assert counts[1] > 0
 
 
 def test_memory_stats_measure_the_models_own_assignments():

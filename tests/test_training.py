@@ -44,7 +44,7 @@ def test_run_files_history_equals_tensorboard_and_config_is_the_resolved_one(tmp
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
-    for tag in ("train/loss", "train/kl", "val/acc", "val/loss", "lr"):
+    for tag in ("train/loss", "train/kl", "train/keys_used", "val/acc", "val/loss", "lr"):
         assert [e.value for e in events.Scalars(tag)] == pytest.approx([float(r[tag]) for r in rows], rel=1e-6)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == spec.config
     assert not list((tmp_path / "run").glob(".*.tmp"))
@@ -117,11 +117,12 @@ def test_confusion_matrix_and_per_class_values():
 
 
 def test_resume_records_what_was_trained_and_equals_an_uninterrupted_run(tmp_path, data_env):
+    args = TINY_ARGS + ["model.memory.reseed=0.3"]  # 4 keys: some key has less than 30% every epoch, reseeded
     first = tmp_path / "first"
-    train(spec_of(TINY_ARGS + ["train.epochs=3"]), first)
+    train(spec_of(args + ["train.epochs=3"]), first)
     resumed = tmp_path / "resumed"
-    metrics = train(spec_of(TINY_ARGS + ["train.epochs=5", f"train.resume={first / 'last.pt'}"]), resumed)
-    straight = train(spec_of(TINY_ARGS + ["train.epochs=5"]), tmp_path / "straight")
+    metrics = train(spec_of(args + ["train.epochs=5", f"train.resume={first / 'last.pt'}"]), resumed)
+    straight = train(spec_of(args + ["train.epochs=5"]), tmp_path / "straight")
     for key in ("best_epoch", "epochs_run", "train_acc", "val_acc", "test_acc", "val_loss"):
         assert metrics[key] == straight[key], key
     assert read_json(resumed / "split.json") == read_json(first / "split.json")
