@@ -20,7 +20,7 @@ def key_counts(S: Tensor) -> Tensor:
     rows = S.detach().reshape(-1, S.size(-1))
     if S.dim() == 3:
         rows = rows[rows.sum(-1) > 0]
-    return torch.bincount(rows.argmax(-1), minlength=S.size(-1))
+    return torch.bincount(rows.max(-1).indices, minlength=S.size(-1))
 
 
 def train_epoch(

@@ -49,14 +49,23 @@ def sharpness_text(stats: dict[str, float]) -> str:
 
 
 def history_figure(history: Sequence[dict[str, float]], best_epoch: Optional[int], title: str) -> Figure:
-    """Loss, accuracy, KL loss and learning rate per epoch (train and validation), the best epoch marked."""
+    """Loss, accuracy, KL loss and learning rate per epoch (train and validation), and how many keys of the first
+    memory layer the training nodes picked (where the history has it), the best epoch marked."""
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     panels = [("loss (cross-entropy + KL)", "loss"), ("accuracy", "acc"), ("KL loss", "kl"), ("learning rate", "lr")]
+    if history and "train/keys_used" in history[0]:
+        panels.append(("keys used (training nodes' argmax)", "keys_used"))
+    columns = (len(panels) + 1) // 2
+    figure, axes = plt.subplots(2, columns, figsize=(5 * columns, 6.5))
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
     for ax, (label, key) in zip(axes.flat, panels):
         if key == "lr":
             ax.plot(epochs, [row["lr"] for row in history], color="black")
             ax.set_yscale("log")
+        elif key == "keys_used":
+            ax.plot(epochs, [row["train/keys_used"] for row in history], color="#0072B2", drawstyle="steps-mid")
+            ax.set_ylim(0, None)
         else:
             ax.plot(epochs, [row[f"train/{key}"] for row in history], label="train", color="#0072B2")
             ax.plot(epochs, [row[f"val/{key}"] for row in history], label="validation", color="#D55E00",
@@ -64,10 +73,8 @@ def history_figure(history: Sequence[dict[str, float]], best_epoch: Optional[int
             ax.legend(loc="best", frameon=False)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_ylabel(label)
+        ax.set(ylabel=label, xlabel="epoch")
         ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("epoch")
     marked = f" (dotted: best epoch {best_epoch})" if best_epoch is not None else ""
     figure.suptitle(f"{title}{marked}")
     figure.tight_layout()

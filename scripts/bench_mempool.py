@@ -169,18 +169,21 @@ class ExampleNet(nn.Module):
         return True
 
     def forward(self, x, edge_index, batch, batch_size=None, edge_attr=None):
+        return self.forward_with_assignments(x, edge_index, batch, batch_size)[:2]
+
+    def forward_with_assignments(self, x, edge_index, batch, batch_size=None, edge_attr=None):
         x = self.lin(x)
         for conv in self.convs:
             x = conv(x, edge_index)
         if self.memory_kind == "mean":
-            return self.readout(global_mean_pool(x, batch, batch_size)), x.new_zeros(1)
+            return self.readout(global_mean_pool(x, batch, batch_size)), x.new_zeros(1), [x.new_ones(len(x), 1)]
         per_node = {"per_node": True} if self.memory_kind == "fast" else {}
         x, S1 = self.memory[0](x, batch, batch_size=batch_size, **per_node)
         kl1 = MemPooling.kl_loss(S1, batch, batch_size) if S1.dim() == 2 else PygMemPooling.kl_loss(S1)
         x = F.dropout(F.leaky_relu(x), p=self.dropout, training=self.training)
         x, S2 = self.memory[1](x)
         kl2 = MemPooling.kl_loss(S2) if self.memory_kind == "fast" else PygMemPooling.kl_loss(S2)
-        return F.log_softmax(x.squeeze(1), dim=-1), torch.stack([kl1, kl2])
+        return F.log_softmax(x.squeeze(1), dim=-1), torch.stack([kl1, kl2]), [S1, S2]
 
 
 def example_epoch(model: ExampleNet, loader, optimizer) -> None:

@@ -37,6 +37,9 @@ def test_curves_are_the_history_file(run):
     loss_axis, acc_axis = figure.axes[0], figure.axes[1]
     assert list(loss_axis.lines[0].get_ydata()) == [row["train/loss"] for row in history]
     assert list(acc_axis.lines[1].get_ydata()) == [row["val/acc"] for row in history]
+    assert list(figure.axes[4].lines[0].get_ydata()) == [row["train/keys_used"] for row in history]
+    assert len(figures.history_figure([{k: v for k, v in row.items() if k != "train/keys_used"} for row in history],
+                                      2, "older run").axes) == 4  # a history from before the keys were counted
     assert [p.name for p in written] == ["curves.png"] and Image.open(written[0]).size[0] > 800
 
 
