@@ -23,6 +23,18 @@ def key_counts(S: Tensor) -> Tensor:
     return torch.bincount(rows.max(-1).indices, minlength=S.size(-1))
 
 
+def _separate_passes(model: MemGNN, kl_schedule: str) -> Optional[tuple[list, list[list]]]:
+    """Set the memory layers' gradient routing for ``kl_schedule``; returns ``(others, kl_params)`` where the losses
+    need backward passes of their own (PyG's layer under ``paper`` or ``assign``), else None (one backward pass)."""
+    split = kl_schedule in ("paper", "assign")
+    with_heads = kl_schedule == "assign"
+    if model.route_key_gradients(split, with_heads) or not split:
+        return None
+    kl_params = model.kl_parameters(with_heads)
+    kl_ids = {id(p) for params in kl_params for p in params}
+    return [p for p in model.parameters() if id(p) not in kl_ids and p.requires_grad], kl_params
+
+
 def train_epoch(
     model: MemGNN,
     loader: GraphLoader,
@@ -42,12 +54,7 @@ def train_epoch(
     parameter learns from ``ce + kl_weight * kl``.
     """
     model.train()
-    split = kl_schedule in ("paper", "assign")
-    with_heads = kl_schedule == "assign"
-    routed = model.route_key_gradients(split, with_heads) and split
-    kl_params = model.kl_parameters(with_heads)
-    kl_ids = {id(p) for params in kl_params for p in params}
-    others = [p for p in model.parameters() if id(p) not in kl_ids and p.requires_grad]
+    passes = _separate_passes(model, kl_schedule)
     totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0.0}
     seen, counts = 0, 0
     for step, data in enumerate(loader, start=1):
@@ -59,12 +66,12 @@ def train_epoch(
         kl = layer_kls.sum()
         loss = ce + kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
-        if split and not routed:
-            ce.backward(inputs=others, retain_graph=True)
-            for layer_kl, params in zip(layer_kls, kl_params):
-                (kl_weight * layer_kl).backward(inputs=params, retain_graph=True)
-        else:
+        if passes is None:
             loss.backward()
+        else:
+            ce.backward(inputs=passes[0], retain_graph=True)
+            for layer_kl, params in zip(layer_kls, passes[1]):
+                (kl_weight * layer_kl).backward(inputs=params, retain_graph=True)
         optimizer.step()
         n = data.num_graphs
         seen += n

@@ -42,9 +42,10 @@ DATASETS = ["MUTAG", "PROTEINS", "PROTEINS_full", "ENZYMES", "NCI1", "IMDB-BINAR
 FLAT = ["model.memory.norm=none", "model.memory.radius=3", "model.memory.tau=1", "model.memory.key_init=uniform",
         "model.memory.head_init=null"]
 # name: (what it is, overrides on top of the generic defaults: configs/model/default.yaml without a dataset's
-# tuned settings). `default` is the shipped config: the generic defaults and the dataset's tuned file, if any.
+# tuned settings, keys not reseeded: UNRESEEDED). `default` is the shipped config: the generic defaults and the
+# dataset's tuned file, if any, which reseed starved keys.
 CONFIGS = {
-    "default": ("the shipped defaults of the dataset", []),
+    "default": ("the shipped defaults: the chosen candidate, starved keys reseeded", []),
     "generic": ("the generic defaults: sharp memory + summed-input path + KL loss, dropout 0.5", []),
     "drop02": ("dropout 0.2", ["model.dropout=0.2"]),
     "drop0": ("no dropout", ["model.dropout=0.0"]),
@@ -67,6 +68,8 @@ CONFIGS = {
 # The candidates for a dataset's shipped config (--tune): the generic defaults and variants that keep every part of
 # the model. The ablation's other configurations take a part away to show what it adds; they are not candidates.
 CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02", "drop0")
+# every configuration but `default` leaves starved keys where they are (as before reseeding was a default)
+UNRESEEDED = ["model.memory.reseed=0"]
 CLUSTERED = 0.5  # a candidate must cluster: its first memory layer's mean max assignment at least this (K=10)
 TUNED = Path(__file__).resolve().parents[1] / "configs" / "tuned"
 
@@ -91,7 +94,7 @@ def run_config(name: str, config: str, out: Path, folds: int, overrides: list[st
     """Run (or finish) the k-fold protocol of one configuration on one dataset; returns the wall time in seconds."""
     command = [sys.executable, "-m", "mempool_cli", "train", f"dataset={name}", "protocol=kfold",
                f"protocol.folds={folds}", "train.progress=false", f"hydra.run.dir={out / name / config}",
-               *(["~tuned"] if config != "default" else []), *CONFIGS[config][1], *overrides]
+               *(["~tuned", *UNRESEEDED] if config != "default" else []), *CONFIGS[config][1], *overrides]
     print("$", " ".join(command[2:]), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True)
@@ -156,9 +159,10 @@ def chosen_config(wins: dict[str, int], configs: dict[str, dict]) -> Optional[st
     return max(tied, key=lambda config: (round(configs[config]["val_acc"], 6), -CANDIDATES.index(config)))
 
 
-def ship(out: Path, name: str, config: str) -> None:
-    """Make ``config`` the dataset's shipped config: write its overrides to configs/tuned/NAME/default.yaml (none
-    for the generic defaults) and point OUT/NAME/default at its runs, which are what the shipped config computes."""
+def ship(name: str, config: str) -> None:
+    """Make ``config`` the dataset's tuned config: write its overrides to configs/tuned/NAME/default.yaml (none for
+    the generic defaults). The shipped config is that on top of the generic defaults, which reseed starved keys:
+    its own runs are the configuration ``default``."""
     target = TUNED / name / "default.yaml"
     if config == "generic":
         target.unlink(missing_ok=True)
@@ -168,10 +172,6 @@ def ship(out: Path, name: str, config: str) -> None:
         write_atomic(target, f"# @package _global_\n# {name}: {CONFIGS[config][0]} (`{config}`), chosen by "
                              "scripts/results.py --tune from 10-fold validation accuracy (the rule and the figures: "
                              f"docs/results.md)\n{yaml.safe_dump(tree, sort_keys=False)}")
-    default = out / name / "default"
-    if default.is_symlink() or not default.exists():
-        default.unlink(missing_ok=True)
-        default.symlink_to(config)
 
 
 def _not_chosen(run: Path, result: dict, wins: Optional[int]) -> str:
@@ -217,8 +217,7 @@ def verdict(name: str, default: dict, folds: int) -> str:
 def selection_cell(out: Path, name: str, folds: int) -> str:
     """Errica et al.'s per-fold selection over the configurations that finished every fold on a dataset, and how
     often each won."""
-    runs = [(config, run) for config, run in runs_of(out, name)
-            if config != "default" and len(finished_folds(run)) == folds]  # the shipped config is one of them
+    runs = [(config, run) for config, run in runs_of(out, name) if len(finished_folds(run)) == folds]
     selection = select_folds(runs)
     if selection is None:
         return "fewer than two configurations finished"
@@ -261,19 +260,19 @@ def _sharpness(run: Path) -> tuple[str, str, str]:
 
 
 def ablation_rows(out: Path, results: dict[str, dict[str, dict]], wins_by: dict[str, dict[str, int]]) -> list[str]:
-    """One row per (dataset, configuration) where more than the defaults were run; the shipped one in bold
-    (``wins_by``: :func:`candidate_wins` by dataset)."""
+    """One row per (dataset, configuration) where more than the defaults were run; the shipped defaults and the
+    candidate chosen for them (``wins_by``: :func:`candidate_wins` by dataset) in bold."""
     rows = []
     for name, configs in results.items():
-        runs = [(config, run) for config, run in runs_of(out, name) if config != "default"]
-        if not runs:
+        runs = runs_of(out, name)
+        if [config for config, _ in runs] == ["default"]:
             continue
         chosen = chosen_config(wins_by[name], configs) or "generic"
         for config, run in runs:
             result = configs.get(config)
             if result is None:
                 continue
-            label = f"**{CONFIGS[config][0]}**" if config == chosen else CONFIGS[config][0]
+            label = f"**{CONFIGS[config][0]}**" if config in (chosen, "default") else CONFIGS[config][0]
             rows.append(f"| {name} | {label} (`{config}`) | {percent(result, 'test_acc')} | "
                         f"{percent(result, 'val_acc')} | {' | '.join(_sharpness(run))} | {result['finished']} |")
     return rows
@@ -328,12 +327,15 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
                      "assignment at least 0.5: the product's requirement, a property of the inputs measured on the "
                      "test folds' graphs without their labels). A tie keeps the generic defaults when they are among "
                      "the tied (a change must win more folds), else goes to the best mean validation accuracy. Test "
-                     "labels play no part. Mean validation accuracy +- std, and (in brackets) the folds where the "
-                     "selection picked it:", ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"],
+                     "labels play no part. The candidates leave starved keys where they are (`model.memory.reseed=0`); "
+                     "the shipped config is the chosen file on top of the generic defaults, which reseed them "
+                     "(`model.memory.reseed=0.01`), and has its own runs (`default`). Mean validation accuracy +- std, "
+                     "and (in brackets) the folds where the selection picked it:", ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"],
                      choice_rows(out, results, wins_by))
     lines += section("Ablation: what the memory layers add",
-                     "Each configuration is the generic defaults with one part changed, on the same folds; the shipped "
-                     "one in bold. Sharpness is the first memory layer's mean largest assignment on the test folds "
+                     "Each configuration but the shipped defaults (`default`) is the generic defaults without "
+                     "reseeding (`model.memory.reseed=0`) with one part changed, on the same folds; the shipped "
+                     "defaults and the candidate chosen for them in bold. Sharpness is the first memory layer's mean largest assignment on the test folds "
                      "(1/K = 0.10 when flat, 1 when hard), its mean entropy over log K (1 flat, 0 hard), and keys used "
                      "the number of its 10 keys that are some node's argmax.",
                      ["dataset", "configuration", "test acc", "val acc", "mean max assignment", "entropy / log K",
@@ -395,7 +397,7 @@ def main() -> None:
     for name in args.datasets if args.tune else []:
         chosen = chosen_config(candidate_wins(args.out, name, args.folds), results_of(args.out, name))
         if chosen is not None:
-            ship(args.out, name, chosen)
+            ship(name, chosen)
             print(f"{name}: ships {chosen}")
     table()
     print(f"wrote {args.table}")

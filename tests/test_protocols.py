@@ -272,18 +272,27 @@ def test_results_tune_ships_the_candidate_picked_most_often_as_a_tuned_file(tmp_
     assert script.chosen_config({"generic": 4, "drop02": 4, "wide_drop02": 2}, configs) == "generic"
     assert script.chosen_config({"generic": 2, "drop02": 4, "wide_drop02": 4}, configs) == "drop02"
     assert script.chosen_config({}, configs) is None
-    out = tmp_path / "out"
-    (out / "X").mkdir(parents=True)
-    script.ship(out, "X", "assign_wide_drop02")
+    script.ship("X", "assign_wide_drop02")
     tuned = yaml.safe_load((tmp_path / "tuned" / "X" / "default.yaml").read_text())
     composed = compose_cfg(script.CONFIGS["assign_wide_drop02"][1])
     leaves = _leaves(tuned)
     assert leaves["train.kl_schedule"] == "assign" and leaves["model.memory.hidden"] == 128 and len(leaves) == 4
     assert all(OmegaConf.select(composed, key) == value for key, value in leaves.items())
-    assert (out / "X" / "default").resolve() == out / "X" / "assign_wide_drop02"
-    script.ship(out, "X", "generic")
+    assert OmegaConf.select(composed, "model.memory.reseed") == 0.01  # the shipped config reseeds: its own runs
+    script.ship("X", "generic")
     assert not (tmp_path / "tuned" / "X" / "default.yaml").exists()
-    assert (out / "X" / "default").resolve() == out / "X" / "generic"
+
+
+def test_results_runs_candidates_unreseeded_on_the_generic_defaults_and_the_shipped_config_as_it_is(tmp_path,
+                                                                                                    monkeypatch):
+    script = _results_script()
+    commands = []
+    monkeypatch.setattr(script.subprocess, "run", lambda command, check: commands.append(command))
+    for config in ("drop02", "default"):
+        script.run_config("X", config, tmp_path, 10, ["threads=1"])
+    candidate, shipped = (command[3:] for command in commands)
+    assert candidate[-4:] == ["~tuned", "model.memory.reseed=0", "model.dropout=0.2", "threads=1"]
+    assert "~tuned" not in shipped and not any("reseed" in arg for arg in shipped)
 
 
 def test_results_tune_chooses_only_among_candidates_whose_memory_clusters(tmp_path):
