@@ -330,14 +330,14 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
                      "labels play no part. The candidates leave starved keys where they are (`model.memory.reseed=0`); "
                      "the shipped config is the chosen file on top of the generic defaults, which reseed them "
                      "(`model.memory.reseed=0.01`), and has its own runs (`default`). Mean validation accuracy +- std, "
-                     "and (in brackets) the folds where the selection picked it:", ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"],
-                     choice_rows(out, results, wins_by))
+                     "and (in brackets) the folds where the selection picked it:",
+                     ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"], choice_rows(out, results, wins_by))
     lines += section("Ablation: what the memory layers add",
                      "Each configuration but the shipped defaults (`default`) is the generic defaults without "
                      "reseeding (`model.memory.reseed=0`) with one part changed, on the same folds; the shipped "
-                     "defaults and the candidate chosen for them in bold. Sharpness is the first memory layer's mean largest assignment on the test folds "
-                     "(1/K = 0.10 when flat, 1 when hard), its mean entropy over log K (1 flat, 0 hard), and keys used "
-                     "the number of its 10 keys that are some node's argmax.",
+                     "defaults and the candidate chosen for them in bold. Sharpness is the first memory layer's mean "
+                     "largest assignment on the test folds (1/K = 0.10 when flat, 1 when hard), its mean entropy over "
+                     "log K (1 flat, 0 hard), and keys used the number of its 10 keys that are some node's argmax.",
                      ["dataset", "configuration", "test acc", "val acc", "mean max assignment", "entropy / log K",
                       "keys used", "folds"], ablation_rows(out, results, wins_by))
     figure_rows = _figure_rows(results, folds)
