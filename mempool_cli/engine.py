@@ -113,14 +113,16 @@ def evaluate(model: MemGNN, loader: GraphLoader, device: torch.device, kl_weight
 def assignment_stats(assignments: list[Tensor]) -> dict[str, float]:
     """How sharply rows of soft assignments ``[..., K]`` pick one cluster: the mean of their largest entry
     (``1/K`` when flat, 1 when hard), their mean entropy over ``log K`` (1 when flat, 0 when hard), and how
-    many of the K clusters are the argmax of some row (``keys_used``)."""
+    many of the K clusters are the argmax of some row (``keys_used``, as :func:`key_counts` counts). The all-zero
+    rows of padded ``[B, N, K]`` assignments (PyG's layer) are padding, left out."""
     S = torch.cat([a.reshape(-1, a.size(-1)) for a in assignments]).double()
+    S = S[S.sum(-1) > 0]
     K = S.size(1)
     if K == 1:
         return {"clusters": 1, "mean_max_assignment": 1.0, "normalized_entropy": 0.0, "keys_used": 1}
     entropy = -(S * S.clamp_min(1e-300).log()).sum(-1) / math.log(K)
     return {"clusters": K, "mean_max_assignment": S.max(-1).values.mean().item(),
-            "normalized_entropy": entropy.mean().item(), "keys_used": int(S.argmax(-1).unique().numel())}
+            "normalized_entropy": entropy.mean().item(), "keys_used": int((key_counts(S) > 0).sum())}
 
 
 @torch.inference_mode()

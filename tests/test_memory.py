@@ -111,6 +111,20 @@ def test_memory_stats_measure_the_models_own_assignments():
     assert stats == {"layer": 0, **expected}
 
 
+def test_memory_stats_of_pygs_padded_assignments_leave_the_padding_out():
+    graphs = _clustered_batch().to_data_list()
+    graphs[0] = graphs[0].subgraph(torch.arange(3))  # graphs of other sizes: PyG's dense S has padding rows
+    data = Batch.from_data_list(graphs)
+    fast = _model(**SHARP)
+    fast.init_keys(data.x, data.edge_index, seed=0)
+    pyg = _model(**SHARP, memory_impl="pyg")
+    pyg.load_state_dict(fast.state_dict())
+    stats = [memory_stats(model, [data], torch.device("cpu"))[0] for model in (fast, pyg)]
+    assert stats[1]["keys_used"] == stats[0]["keys_used"]
+    for key in ("mean_max_assignment", "normalized_entropy"):
+        assert stats[1][key] == pytest.approx(stats[0][key], abs=1e-5)
+
+
 def test_readout_path_sees_the_summed_input_features():
     model = _model(readout="sum")
     data = _clustered_batch()
