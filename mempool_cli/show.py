@@ -14,7 +14,7 @@ from torch_geometric.data import Batch
 from mempool_cli import data, figures
 from mempool_cli.artifacts import CHECKPOINT, FOLDS, fold_dir, load_checkpoint
 from mempool_cli.device import pick_device
-from mempool_cli.engine import assignment_stats
+from mempool_cli.engine import assignment_stats, key_counts
 from mempool_cli.errors import CheckpointError, DataError, MempoolError
 from mempool_cli.evaluation import class_names, model_of
 from mempool_cli.sweep import finished_folds, run_checkpoints
@@ -120,7 +120,7 @@ def split_matrices(labels: torch.Tensor, S_per_graph: list[torch.Tensor], num_cl
     matrix = torch.stack([mass[labels == c].mean(dim=0) if (labels == c).any() else torch.zeros(mass.size(1))
                           for c in range(num_classes)])
     rows = torch.cat(S_per_graph)
-    usage = torch.bincount(rows.argmax(dim=-1), minlength=rows.size(1)).double() / len(rows)
+    usage = key_counts(rows).double() / len(rows)
     return matrix.numpy(), usage.numpy()
 
 
