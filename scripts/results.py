@@ -42,11 +42,12 @@ DATASETS = ["MUTAG", "PROTEINS", "PROTEINS_full", "ENZYMES", "NCI1", "IMDB-BINAR
 FLAT = ["model.memory.norm=none", "model.memory.radius=3", "model.memory.tau=1", "model.memory.key_init=uniform",
         "model.memory.head_init=null"]
 # name: (what it is, overrides on top of the generic defaults: configs/model/default.yaml without a dataset's
-# tuned settings, keys not reseeded: UNRESEEDED). `default` is the shipped config: the generic defaults and the
-# dataset's tuned file, if any, which reseed starved keys.
+# tuned settings; the ablation's configurations with keys not reseeded: UNRESEEDED). `default` is the shipped
+# config: the generic defaults and the dataset's tuned file, if any.
 CONFIGS = {
-    "default": ("the shipped defaults: the chosen candidate, starved keys reseeded", []),
+    "default": ("the shipped defaults: the chosen candidate", []),
     "generic": ("the generic defaults: sharp memory + summed-input path + KL loss, dropout 0.5", []),
+    "unreseeded": ("the generic defaults, the ablation's base", []),
     "drop02": ("dropout 0.2", ["model.dropout=0.2"]),
     "drop0": ("no dropout", ["model.dropout=0.0"]),
     "assign_drop02": ("dropout 0.2, head weights learned from the KL loss", ["model.dropout=0.2",
@@ -68,7 +69,8 @@ CONFIGS = {
 # The candidates for a dataset's shipped config (--tune): the generic defaults and variants that keep every part of
 # the model. The ablation's other configurations take a part away to show what it adds; they are not candidates.
 CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02", "drop0")
-# every configuration but `default` leaves starved keys where they are (as before reseeding was a default)
+# the ablation's configurations leave starved keys where they are (as before reseeding was a default); the
+# candidates reseed them, as the generic defaults do
 UNRESEEDED = ["model.memory.reseed=0"]
 CLUSTERED = 0.5  # a candidate must cluster: its first memory layer's mean max assignment at least this (K=10)
 TUNED = Path(__file__).resolve().parents[1] / "configs" / "tuned"
@@ -90,11 +92,26 @@ def raw_present(name: str) -> bool:
     return any(root and (Path(root).expanduser() / name / "raw" / f"{name}_A.txt").exists() for root in roots)
 
 
+def generic_base(config: str) -> list[str]:
+    """What a configuration's overrides go on top of: nothing for the shipped defaults, the generic defaults
+    (``~tuned``) for the candidates, and the generic defaults without reseeding for the ablation."""
+    if config == "default":
+        return []
+    return ["~tuned"] if config in CANDIDATES else ["~tuned", *UNRESEEDED]
+
+
+def reseeded(run: Path) -> bool:
+    """Whether a run reseeded starved keys (its config's ``model.memory.reseed``; runs from before the setting
+    existed did not)."""
+    saved = OmegaConf.load(run / "config.yaml") if (run / "config.yaml").exists() else OmegaConf.create()
+    return bool(OmegaConf.select(saved, "model.memory.reseed", default=0))
+
+
 def run_config(name: str, config: str, out: Path, folds: int, overrides: list[str]) -> float:
     """Run (or finish) the k-fold protocol of one configuration on one dataset; returns the wall time in seconds."""
     command = [sys.executable, "-m", "mempool_cli", "train", f"dataset={name}", "protocol=kfold",
                f"protocol.folds={folds}", "train.progress=false", f"hydra.run.dir={out / name / config}",
-               *(["~tuned", *UNRESEEDED] if config != "default" else []), *CONFIGS[config][1], *overrides]
+               *generic_base(config), *CONFIGS[config][1], *overrides]
     print("$", " ".join(command[2:]), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True)
@@ -161,8 +178,7 @@ def chosen_config(wins: dict[str, int], configs: dict[str, dict]) -> Optional[st
 
 def ship(name: str, config: str) -> None:
     """Make ``config`` the dataset's tuned config: write its overrides to configs/tuned/NAME/default.yaml (none for
-    the generic defaults). The shipped config is that on top of the generic defaults, which reseed starved keys:
-    its own runs are the configuration ``default``."""
+    the generic defaults). The shipped config is that on top of the generic defaults: the candidate itself."""
     target = TUNED / name / "default.yaml"
     if config == "generic":
         target.unlink(missing_ok=True)
@@ -182,6 +198,11 @@ def _not_chosen(run: Path, result: dict, wins: Optional[int]) -> str:
     return f"flat: {sharp:.2f}" if sharp is not None and sharp < CLUSTERED else f"folds done: {result['finished']}"
 
 
+def _unreseeded_mark(run: Path) -> str:
+    """A dagger after a candidate that ran without reseeding (before it was a default)."""
+    return "" if reseeded(run) else " †"
+
+
 def choice_rows(out: Path, results: dict[str, dict[str, dict]], wins_by: dict[str, dict[str, int]]) -> list[str]:
     """Per dataset with a candidate that can ship: each candidate's mean validation accuracy and how often the
     per-fold selection picked it (``wins_by``: :func:`candidate_wins` by dataset), and the one chosen."""
@@ -190,8 +211,9 @@ def choice_rows(out: Path, results: dict[str, dict[str, dict]], wins_by: dict[st
         wins = wins_by[name]
         chosen = chosen_config(wins, configs)
         if chosen is not None:
-            cells = [f"{percent(configs[c], 'val_acc')} ({_not_chosen(out / name / c, configs[c], wins.get(c))})"
-                     if c in configs else "-" for c in CANDIDATES]
+            cells = [f"{percent(configs[c], 'val_acc')}{_unreseeded_mark(out / name / c)} "
+                     f"({_not_chosen(out / name / c, configs[c], wins.get(c))})" if c in configs else "-"
+                     for c in CANDIDATES]
             rows.append(f"| {name} | {' | '.join(cells)} | `{chosen}` |")
     return rows
 
@@ -268,11 +290,17 @@ def ablation_rows(out: Path, results: dict[str, dict[str, dict]], wins_by: dict[
         if [config for config, _ in runs] == ["default"]:
             continue
         chosen = chosen_config(wins_by[name], configs) or "generic"
+        shipped = (out / name / "default").resolve()
         for config, run in runs:
             result = configs.get(config)
-            if result is None:
-                continue
-            label = f"**{CONFIGS[config][0]}**" if config in (chosen, "default") else CONFIGS[config][0]
+            if result is None or (config != "default" and run.resolve() == shipped):
+                continue  # a candidate's own runs when they are the shipped defaults' (one row, below)
+            label = CONFIGS[config][0] + ("" if reseeded(run) or not memory_folds(run) else ", keys not reseeded")
+            if config == "default":
+                same = (out / name / chosen).resolve() == shipped
+                label = f"the shipped defaults = `{chosen}`" + (f": {CONFIGS[chosen][0]}" if same else
+                                                                ", starved keys reseeded")
+            label = f"**{label}**" if config in (chosen, "default") else label
             rows.append(f"| {name} | {label} (`{config}`) | {percent(result, 'test_acc')} | "
                         f"{percent(result, 'val_acc')} | {' | '.join(_sharpness(run))} | {result['finished']} |")
     return rows
@@ -327,15 +355,16 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
                      "assignment at least 0.5: the product's requirement, a property of the inputs measured on the "
                      "test folds' graphs without their labels). A tie keeps the generic defaults when they are among "
                      "the tied (a change must win more folds), else goes to the best mean validation accuracy. Test "
-                     "labels play no part. The candidates leave starved keys where they are (`model.memory.reseed=0`); "
-                     "the shipped config is the chosen file on top of the generic defaults, which reseed them "
-                     "(`model.memory.reseed=0.01`), and has its own runs (`default`). Mean validation accuracy +- std, "
-                     "and (in brackets) the folds where the selection picked it:",
+                     "labels play no part. The candidates are the generic defaults, which reseed starved keys "
+                     "(`model.memory.reseed=0.01`), with their overrides, so the chosen candidate's runs are the "
+                     "shipped defaults' runs; † marks a candidate that ran before reseeding was a default, without it. "
+                     "Mean validation accuracy +- std, and (in brackets) the folds where the selection picked it:",
                      ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"], choice_rows(out, results, wins_by))
     lines += section("Ablation: what the memory layers add",
-                     "Each configuration but the shipped defaults (`default`) is the generic defaults without "
-                     "reseeding (`model.memory.reseed=0`) with one part changed, on the same folds; the shipped "
-                     "defaults and the candidate chosen for them in bold. Sharpness is the first memory layer's mean "
+                     "Each configuration is the generic defaults with one part changed, on the same folds; the "
+                     "ablation's configurations (those that take a part away) leave starved keys where they are "
+                     "(`model.memory.reseed=0`, as before reseeding was a default), and so does every row marked so; "
+                     "the shipped defaults in bold. Sharpness is the first memory layer's mean "
                      "largest assignment on the test folds (1/K = 0.10 when flat, 1 when hard), its mean entropy over "
                      "log K (1 flat, 0 hard), and keys used the number of its 10 keys that are some node's argmax.",
                      ["dataset", "configuration", "test acc", "val acc", "mean max assignment", "entropy / log K",

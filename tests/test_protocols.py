@@ -283,16 +283,27 @@ def test_results_tune_ships_the_candidate_picked_most_often_as_a_tuned_file(tmp_
     assert not (tmp_path / "tuned" / "X" / "default.yaml").exists()
 
 
-def test_results_runs_candidates_unreseeded_on_the_generic_defaults_and_the_shipped_config_as_it_is(tmp_path,
-                                                                                                    monkeypatch):
+def test_results_runs_candidates_on_the_generic_defaults_the_ablation_unreseeded_and_the_shipped_config_as_it_is(
+        tmp_path, monkeypatch):
     script = _results_script()
     commands = []
     monkeypatch.setattr(script.subprocess, "run", lambda command, check: commands.append(command))
-    for config in ("drop02", "default"):
+    for config in ("drop02", "no_kl", "default"):
         script.run_config("X", config, tmp_path, 10, ["threads=1"])
-    candidate, shipped = (command[3:] for command in commands)
-    assert candidate[-4:] == ["~tuned", "model.memory.reseed=0", "model.dropout=0.2", "threads=1"]
+    candidate, ablation, shipped = (command[3:] for command in commands)
+    assert candidate[-3:] == ["~tuned", "model.dropout=0.2", "threads=1"]
+    assert ablation[-4:] == ["~tuned", "model.memory.reseed=0", "train.kl_weight=0", "threads=1"]
     assert "~tuned" not in shipped and not any("reseed" in arg for arg in shipped)
+
+
+def test_results_tells_runs_that_reseeded_keys_from_those_that_did_not(tmp_path):
+    script = _results_script()
+    for name, text in (("new", "model:\n  memory:\n    reseed: 0.01\n"), ("off", "model:\n  memory:\n    reseed: 0\n"),
+                       ("old", "model:\n  memory:\n    tau: 30.0\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(text)
+    assert [script.reseeded(tmp_path / name) for name in ("new", "off", "old")] == [True, False, False]
+    assert script._unreseeded_mark(tmp_path / "old") == " †" and script._unreseeded_mark(tmp_path / "new") == ""
 
 
 def test_results_tune_chooses_only_among_candidates_whose_memory_clusters(tmp_path):
