@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from mempool_cli import config
 from mempool_cli.config import ModelSpec, registry
-from mempool_cli.nn import MemPooling, dropout
+from mempool_cli.nn import FastGINConv, MemPooling, dropout, residual_relu_dropout
 
 
 def _mlp(hidden: int) -> nn.Module:
@@ -20,7 +20,7 @@ def _mlp(hidden: int) -> nn.Module:
 
 
 # each builder: (hidden, edge feature count) -> conv; only gine reads edge features
-CONVS = registry(config.ENCODERS, gin=lambda hidden, _: pyg_nn.GINConv(_mlp(hidden), train_eps=True),
+CONVS = registry(config.ENCODERS, gin=lambda hidden, _: FastGINConv(_mlp(hidden), train_eps=True),
                  gine=lambda hidden, edges: pyg_nn.GINEConv(_mlp(hidden), train_eps=True, edge_dim=edges),
                  gcn=lambda hidden, _: pyg_nn.GCNConv(hidden, hidden),
                  gat=lambda hidden, _: pyg_nn.GATConv(hidden, hidden, heads=4, concat=False))
@@ -86,8 +86,7 @@ class MemGNN(nn.Module):
         x = self.embed(x)
         edges = (edge_attr,) if self.uses_edges else ()
         for conv, norm in zip(self.convs, self.norms):
-            h = F.relu(norm(conv(x, edge_index, *edges)))
-            x = x + dropout(h, self.dropout, self.training)
+            x = residual_relu_dropout(x, norm(conv(x, edge_index, *edges)), self.dropout, self.training)
         if self.memory_norm == "sphere":
             x = F.normalize(x, dim=-1) * self.memory_radius
         elif self.memory_norm == "batch":

@@ -1,16 +1,19 @@
 """The faster paths of a training epoch compute what the slower ones did: batches gathered from packed tensors
-equal PyG's collation, the cheap dropout mask is dropout, the optimiser step is fused."""
+equal PyG's collation, the cheap dropout mask is dropout, the compiled GIN aggregation and residual step give
+the same bits as the operations they replace, the optimiser step is fused."""
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+import torch_geometric.nn as pyg_nn
 from torch_geometric.data import Batch, Data
 
 from mempool_cli.config import OptimSpec
 from mempool_cli.data import GraphLoader
 from mempool_cli.loop import TrainState
-from mempool_cli.model import MemGNN
-from mempool_cli.nn import dropout
+from mempool_cli.model import MemGNN, _mlp
+from mempool_cli.nn import FastGINConv, dropout, kernels, residual_relu_dropout
 
 
 def graphs(with_edge_attr: bool, count: int = 23) -> list[Data]:
@@ -80,3 +83,71 @@ def test_the_optimiser_step_is_fused_on_the_cpu():
     model = MemGNN(4, 2, clusters=(3, 1), heads=(2, 2), tau=(1.0, 1.0))
     state = TrainState.create(model, OptimSpec(), epochs=2, seed=0)
     assert all(group["fused"] for group in state.optimizer.param_groups)
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def implementation(request, monkeypatch):
+    """The compiled CPU kernels, or PyTorch operations (what other devices and machines without a compiler use)."""
+    if request.param == "torch":
+        monkeypatch.setattr(kernels, "cpu_kernels", lambda: None)
+    else:
+        assert kernels.cpu_kernels() is not None, "the compiled kernels did not build; see the warning logged"
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gin_aggregation_gives_pygs_bits(implementation, dtype, threads):
+    """Outputs and every gradient equal PyG's GINConv to the bit: directed edges, repeated edges, self-loops and
+    nodes without edges included."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        ref = pyg_nn.GINConv(_mlp(32), train_eps=True).to(dtype)
+        with torch.no_grad():
+            ref.eps.fill_(0.3)
+        ours = FastGINConv(_mlp(32), train_eps=True).to(dtype)
+        ours.load_state_dict(ref.state_dict())
+        generator = torch.Generator().manual_seed(1)
+        x = torch.randn(700, 32, dtype=dtype, generator=generator)
+        edge_index = torch.randint(0, 650, (2, 3000), generator=generator)  # nodes 650.. have no edges
+        grad = torch.randn(700, 32, dtype=dtype, generator=generator)
+        results = []
+        for conv in (ref, ours):
+            inputs = x.clone().requires_grad_()
+            out = conv(inputs, edge_index)
+            out.backward(grad)
+            results.append([out, inputs.grad, conv.eps.grad, *(p.grad for p in conv.nn.parameters())])
+        assert all(torch.equal(a, b) for a, b in zip(*results))
+        aggregation = FastGINConv(torch.nn.Identity())(x.requires_grad_(), edge_index).grad_fn
+        assert (type(aggregation).__name__ == "GINAggregateBackward") == (implementation == "compiled")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_gin_aggregation_refuses_edges_outside_the_graph(implementation):
+    conv = FastGINConv(torch.nn.Identity())
+    if implementation == "compiled":
+        with pytest.raises(RuntimeError, match="edge_index holds a node outside"):
+            conv(torch.randn(3, 4), torch.tensor([[0, 1], [1, 3]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(300, 64), (7, 3)])
+def test_residual_step_gives_the_bits_of_its_operations(implementation, dtype, shape):
+    """x + dropout(relu(h)) in one pass: the same output, gradients and random draws (the generator's state after)
+    as the three operations."""
+    generator = torch.Generator().manual_seed(2)
+    x, h, grad = (torch.randn(*shape, dtype=dtype, generator=generator) for _ in range(3))
+    results = []
+    for step in (lambda a, b: a + dropout(F.relu(b), 0.5), lambda a, b: residual_relu_dropout(a, b, 0.5)):
+        a, b = x.clone().requires_grad_(), h.clone().requires_grad_()
+        torch.manual_seed(5)
+        out = step(a, b)
+        out.backward(grad)
+        results.append([out, a.grad, b.grad, torch.rand(3)])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert ((results[1][0] - x) == 0).double().mean() > 0.5  # dropped or negative: half dropped, half of the rest
+    assert torch.equal(residual_relu_dropout(x, h, 0.5, training=False), x + F.relu(h))
+    assert torch.equal(residual_relu_dropout(x, h, 0.0), x + F.relu(h))

@@ -1,5 +1,6 @@
 """Layers."""
-from mempool_cli.nn.dropout import dropout
+from mempool_cli.nn.dropout import dropout, residual_relu_dropout
+from mempool_cli.nn.gin import FastGINConv
 from mempool_cli.nn.mem_pool import MemPooling
 
-__all__ = ["MemPooling", "dropout"]
+__all__ = ["FastGINConv", "MemPooling", "dropout", "residual_relu_dropout"]

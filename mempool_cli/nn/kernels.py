@@ -1,4 +1,5 @@
-"""Compiled CPU kernels for :class:`~mempool_cli.nn.MemPooling` (``csrc/mem_pool.cpp``).
+"""Compiled CPU kernels for :class:`~mempool_cli.nn.MemPooling` (``csrc/mem_pool.cpp``) and
+:class:`~mempool_cli.nn.FastGINConv` (``csrc/encoder.cpp``).
 
 Built with PyTorch's extension builder on first use (about half a minute) and cached in
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Where they cannot be built (no C++ compiler or
@@ -21,7 +22,7 @@ from mempool_cli.artifacts import waiting_lock
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "mem_pool.cpp"
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("mem_pool.cpp", "encoder.cpp")]
 SWITCH = "MEMPOOL_COMPILED_KERNELS"
 # held while building or loading: PyTorch's own lock file outlives a build that is killed (every later run
 # would wait for it forever); this one is released when its holder exits
@@ -44,7 +45,7 @@ def cpu_kernels():
     capability = torch.backends.cpu.get_cpu_capability()
     # one build per installed copy (the source's path is in the build's commands: two copies sharing a build folder
     # would rebuild each other's, half a minute each time)
-    place = hashlib.sha1(str(SOURCE.resolve()).encode()).hexdigest()[:8]
+    place = hashlib.sha1(str(SOURCES[0].resolve()).encode()).hexdigest()[:8]
     name = "mempool_kernels_" + re.sub(r"\W", "_", f"{torch.__version__}_{capability}_{place}")
     build_dir = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")).expanduser() / name
     try:
@@ -54,7 +55,7 @@ def cpu_kernels():
                      build_dir)
         with waiting_lock(build_dir / BUILD_LOCK):
             (build_dir / "lock").unlink(missing_ok=True)  # PyTorch's own lock, left behind by a killed build
-            return cpp_extension.load(name, [str(SOURCE)], build_directory=str(build_dir),
+            return cpp_extension.load(name, [str(source) for source in SOURCES], build_directory=str(build_dir),
                                       extra_cflags=["-O3", "-fopenmp", *VECTOR_FLAGS.get(capability, [])],
                                       extra_ldflags=["-fopenmp"])
     except (OSError, RuntimeError, ImportError) as error:
@@ -111,3 +112,39 @@ class NodeKL(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor):
         S, batch, P, col, log_ratio = ctx.saved_tensors
         return cpu_kernels().kl_backward(grad_loss, S, batch, ctx.num_graphs, P, col, log_ratio), None, None
+
+
+class GINAggregate(torch.autograd.Function):
+    """GIN's sum aggregation ``sum_{j -> i} x_j + (1 + eps) x_i`` over the CSR ``adjacency`` (compiled, CPU):
+    the same values, to the bit, as PyG's gather and scatter-add."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: Tensor, adjacency: list[Tensor]) -> Tensor:
+        x = x.contiguous()
+        scale = 1 + eps
+        ctx.save_for_backward(x, scale, *adjacency[2:])
+        return cpu_kernels().gin_aggregate(x, adjacency[0], adjacency[1], scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, scale, ptr_out, targets = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = cpu_kernels().gin_aggregate(grad, ptr_out, targets, scale) if ctx.needs_input_grad[0] else None
+        grad_eps = (grad * x).sum().view(1) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_eps, None
+
+
+class ResidualReluDropout(torch.autograd.Function):
+    """``x + relu(h) * mask``, the mask of inverted dropout from the int16 ``draws`` (kept where ``draws >=
+    threshold``, scaled by ``scale``) (compiled, CPU)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, h: Tensor, draws: Tensor, threshold: int, scale: float) -> Tensor:
+        out, multiplier = cpu_kernels().residual_relu_dropout(x, h, draws, threshold, scale)
+        ctx.save_for_backward(multiplier)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (multiplier,) = ctx.saved_tensors
+        return grad, grad * multiplier, None, None, None

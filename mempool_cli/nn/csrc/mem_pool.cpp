@@ -1,7 +1,8 @@
 // CPU kernels of mempool_cli.nn.MemPooling for node-list input: the soft assignment fused with the per-graph
 // pooling, and the KL loss, each forward and backward in one call (the same formulas as the PyTorch code in
 // mem_pool.py, which stays the reference and serves every other device). Rows are nodes; `batch` is sorted.
-#include <torch/extension.h>
+// The module binds encoder.cpp's kernels (declared in kernels.h) too.
+#include "kernels.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -359,4 +360,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("assign_pool_backward", &assign_pool_backward);
   m.def("kl_forward", &kl_forward);
   m.def("kl_backward", &kl_backward);
+  m.def("adjacency", &mempool::adjacency);
+  m.def("gin_aggregate", &mempool::gin_aggregate);
+  m.def("residual_relu_dropout", &mempool::residual_relu_dropout);
 }

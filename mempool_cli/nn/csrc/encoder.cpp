@@ -1,0 +1,107 @@
+// CPU kernels of the encoder. GIN's sum aggregation (mempool_cli.nn.FastGINConv) over a CSR adjacency, one pass
+// over the rows instead of PyG's gather of every edge's message and scatter-add (two [E, F] tensors): the neighbours
+// are summed first, in edge order, then the scaled node itself is added, PyG's order, so the results are the same
+// to the bit. And the residual step x + dropout(relu(h)) in one pass (mempool_cli.nn.residual_relu_dropout), with
+// the same arithmetic as the operations it replaces.
+#include "kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+namespace mempool {
+
+namespace {
+
+constexpr int64_t kRowGrain = 256;        // rows per parallel task
+constexpr int64_t kElementGrain = 16384;  // elements per parallel task
+
+// Stable counting sort of the edges by `key`: the start of each node's edges [N + 1] and, in that order, the
+// other end of each edge [E].
+std::vector<Tensor> group_edges(const int64_t* key, const int64_t* other, int64_t E, int64_t N) {
+  Tensor ptr = torch::zeros({N + 1}, torch::kLong), ends = torch::empty({E}, torch::kLong);
+  int64_t* p = ptr.data_ptr<int64_t>();
+  int64_t* o = ends.data_ptr<int64_t>();
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(key[e] >= 0 && key[e] < N && other[e] >= 0 && other[e] < N,
+                "edge_index holds a node outside [0, ", N, ")");
+    ++p[key[e] + 1];
+  }
+  for (int64_t i = 0; i < N; ++i) p[i + 1] += p[i];
+  std::vector<int64_t> next(p, p + N);
+  for (int64_t e = 0; e < E; ++e) o[next[key[e]]++] = other[e];
+  return {ptr, ends};
+}
+
+}  // namespace
+
+std::vector<Tensor> adjacency(const Tensor& edge_index, int64_t num_nodes) {
+  TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2 && edge_index.scalar_type() == at::kLong,
+              "edge_index must be int64 [2, E]");
+  const Tensor edges = edge_index.contiguous();
+  const int64_t E = edges.size(1);
+  const int64_t* src = edges.data_ptr<int64_t>();
+  std::vector<Tensor> incoming = group_edges(src + E, src, E, num_nodes);  // by target: the sources
+  std::vector<Tensor> outgoing = group_edges(src, src + E, E, num_nodes);  // by source: the targets
+  return {incoming[0], incoming[1], outgoing[0], outgoing[1]};
+}
+
+Tensor gin_aggregate(const Tensor& x, const Tensor& ptr, const Tensor& neighbours, const Tensor& scale) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous CPU [N, F]");
+  TORCH_CHECK(ptr.numel() == x.size(0) + 1, "ptr must have N + 1 entries");
+  const int64_t N = x.size(0), F = x.size(1);
+  Tensor out = torch::empty_like(x);
+  const int64_t* p = ptr.data_ptr<int64_t>();
+  const int64_t* nb = neighbours.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gin_aggregate", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t s = scale.item<scalar_t>();
+    at::parallel_for(0, N, kRowGrain, [=](int64_t begin, int64_t end) {  // by value: no aliasing
+      std::vector<scalar_t> scaled(F);
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t* o = op + i * F;
+        std::fill(o, o + F, scalar_t(0));
+        for (int64_t e = p[i]; e < p[i + 1]; ++e) {
+          const scalar_t* row = xp + nb[e] * F;
+          for (int64_t f = 0; f < F; ++f) o[f] += row[f];
+        }
+        // rounded before the sum, as PyG does: a separate pass keeps the compiler from fusing it into an FMA
+        const scalar_t* self = xp + i * F;
+        for (int64_t f = 0; f < F; ++f) scaled[f] = s * self[f];
+        for (int64_t f = 0; f < F; ++f) o[f] += scaled[f];
+      }
+    });
+  });
+  return out;
+}
+
+std::vector<Tensor> residual_relu_dropout(const Tensor& x, const Tensor& h, const Tensor& draws, int64_t threshold,
+                                          double scale) {
+  TORCH_CHECK(x.sizes() == h.sizes() && x.scalar_type() == h.scalar_type(), "x and h must match");
+  TORCH_CHECK(draws.scalar_type() == at::kShort && draws.numel() >= x.numel(), "draws must be int16 [>= numel]");
+  const Tensor xc = x.contiguous(), hc = h.contiguous(), dc = draws.contiguous();
+  Tensor out = torch::empty_like(xc), multiplier = torch::empty_like(xc);
+  const int64_t n = xc.numel();
+  const int16_t* d = dc.data_ptr<int16_t>();
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "residual_relu_dropout", [&] {
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    const scalar_t* hp = hc.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t* mp = multiplier.data_ptr<scalar_t>();
+    const scalar_t kept = static_cast<scalar_t>(scale);
+    at::parallel_for(0, n, kElementGrain, [=](int64_t begin, int64_t end) {  // by value: no aliasing
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t mask = d[i] >= threshold ? kept : scalar_t(0);  // the dropout mask, scaled
+        const scalar_t relu = hp[i] < 0 ? scalar_t(0) : hp[i];           // NaN stays NaN, as in clamp_min
+        op[i] = relu * mask;
+        mp[i] = hp[i] > 0 ? mask : scalar_t(0);                         // d out / d h
+      }
+      // the residual sum in a pass of its own: the product is rounded first (no FMA), as the operations round it
+      for (int64_t i = begin; i < end; ++i) op[i] = xp[i] + op[i];
+    });
+  });
+  return {out, multiplier};
+}
+
+}  // namespace mempool
