@@ -114,24 +114,19 @@ class NodeKL(torch.autograd.Function):
         return cpu_kernels().kl_backward(grad_loss, S, batch, ctx.num_graphs, P, col, log_ratio), None, None
 
 
-class GINAggregate(torch.autograd.Function):
-    """GIN's sum aggregation ``sum_{j -> i} x_j + (1 + eps) x_i`` over the CSR ``adjacency`` (compiled, CPU):
-    the same values, to the bit, as PyG's gather and scatter-add."""
+class NeighbourSum(torch.autograd.Function):
+    """Each node's sum over its incoming neighbours, ``sum_{j -> i} x_j``, over the CSR ``adjacency`` (compiled,
+    CPU): the same values, to the bit, as PyG's gather and scatter-add."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, eps: Tensor, adjacency: list[Tensor]) -> Tensor:
-        x = x.contiguous()
-        scale = 1 + eps
-        ctx.save_for_backward(x, scale, *adjacency[2:])
-        return cpu_kernels().gin_aggregate(x, adjacency[0], adjacency[1], scale)
+    def forward(ctx, x: Tensor, adjacency: list[Tensor]) -> Tensor:
+        ctx.save_for_backward(*adjacency[2:])
+        return cpu_kernels().neighbour_sum(x.contiguous(), adjacency[0], adjacency[1])
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, scale, ptr_out, targets = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = cpu_kernels().gin_aggregate(grad, ptr_out, targets, scale) if ctx.needs_input_grad[0] else None
-        grad_eps = (grad * x).sum().view(1) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_eps, None
+        ptr_out, targets = ctx.saved_tensors
+        return cpu_kernels().neighbour_sum(grad.contiguous(), ptr_out, targets), None
 
 
 class ResidualReluDropout(torch.autograd.Function):

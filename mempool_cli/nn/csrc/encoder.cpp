@@ -1,7 +1,6 @@
-// CPU kernels of the encoder. GIN's sum aggregation (mempool_cli.nn.FastGINConv) over a CSR adjacency, one pass
-// over the rows instead of PyG's gather of every edge's message and scatter-add (two [E, F] tensors): the neighbours
-// are summed first, in edge order, then the scaled node itself is added, PyG's order, so the results are the same
-// to the bit. And the residual step x + dropout(relu(h)) in one pass (mempool_cli.nn.residual_relu_dropout), with
+// CPU kernels of the encoder. GIN's sum over each node's neighbours (mempool_cli.nn.FastGINConv) over a CSR
+// adjacency, one pass over the rows instead of PyG's gather of every edge's message and scatter-add (two [E, F]
+// tensors), summed in edge order from zero as the scatter-add sums, so the results are the same to the bit. And the residual step x + dropout(relu(h)) in one pass (mempool_cli.nn.residual_relu_dropout), with
 // the same arithmetic as the operations it replaces.
 #include "kernels.h"
 
@@ -46,30 +45,23 @@ std::vector<Tensor> adjacency(const Tensor& edge_index, int64_t num_nodes) {
   return {incoming[0], incoming[1], outgoing[0], outgoing[1]};
 }
 
-Tensor gin_aggregate(const Tensor& x, const Tensor& ptr, const Tensor& neighbours, const Tensor& scale) {
+Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbours) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous CPU [N, F]");
   TORCH_CHECK(ptr.numel() == x.size(0) + 1, "ptr must have N + 1 entries");
   const int64_t N = x.size(0), F = x.size(1);
-  Tensor out = torch::empty_like(x);
+  Tensor out = torch::zeros_like(x);
   const int64_t* p = ptr.data_ptr<int64_t>();
   const int64_t* nb = neighbours.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gin_aggregate", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "neighbour_sum", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const scalar_t s = scale.item<scalar_t>();
     at::parallel_for(0, N, kRowGrain, [=](int64_t begin, int64_t end) {  // by value: no aliasing
-      std::vector<scalar_t> scaled(F);
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* o = op + i * F;
-        std::fill(o, o + F, scalar_t(0));
         for (int64_t e = p[i]; e < p[i + 1]; ++e) {
           const scalar_t* row = xp + nb[e] * F;
           for (int64_t f = 0; f < F; ++f) o[f] += row[f];
         }
-        // rounded before the sum, as PyG does: a separate pass keeps the compiler from fusing it into an FMA
-        const scalar_t* self = xp + i * F;
-        for (int64_t f = 0; f < F; ++f) scaled[f] = s * self[f];
-        for (int64_t f = 0; f < F; ++f) o[f] += scaled[f];
       }
     });
   });

@@ -14,9 +14,9 @@ using torch::Tensor;
 // outgoing ones).
 std::vector<Tensor> adjacency(const Tensor& edge_index, int64_t num_nodes);
 
-// GIN's aggregation out[i] = sum_{e in ptr[i]..ptr[i+1]} x[neighbours[e]] + scale * x[i]: the forward pass with the
-// incoming CSR, and the gradient of x with the outgoing one.
-Tensor gin_aggregate(const Tensor& x, const Tensor& ptr, const Tensor& neighbours, const Tensor& scale);
+// The neighbours' sum out[i] = sum_{e in ptr[i]..ptr[i+1]} x[neighbours[e]], in that order: the forward pass with
+// the incoming CSR, and the gradient of x with the outgoing one.
+Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbours);
 
 // The residual step out = x + relu(h) * mask of inverted dropout, mask = (draws >= threshold ? scale : 0) per
 // element: (out, multiplier), the multiplier (mask where h > 0, else 0) being d out / d h.

@@ -361,6 +361,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("kl_forward", &kl_forward);
   m.def("kl_backward", &kl_backward);
   m.def("adjacency", &mempool::adjacency);
-  m.def("gin_aggregate", &mempool::gin_aggregate);
+  m.def("neighbour_sum", &mempool::neighbour_sum);
   m.def("residual_relu_dropout", &mempool::residual_relu_dropout);
 }
