@@ -357,3 +357,20 @@ def test_fold_workers_exit_when_their_parent_is_killed():
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left
+
+
+def test_seed_spread_runs_the_shipped_config_at_each_seed_and_tabulates_the_means(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
+    import seed_spread
+
+    commands = []
+    monkeypatch.setattr(seed_spread.subprocess, "run", lambda command, check: commands.append(command))
+    seed_spread.run_seed("PROTEINS", 2, tmp_path, ["threads=1"])
+    assert commands[0][3:] == ["train", "dataset=PROTEINS", "protocol=kfold", "seed=2", "train.progress=false",
+                               f"hydra.run.dir={tmp_path / 'PROTEINS' / 'seed2'}", "threads=1"]
+    results = {0: {"test_acc": 0.75, "test_acc_std": 0.05, "finished": 10},
+               2: {"test_acc": 0.73, "test_acc_std": 0.03, "finished": 4},
+               1: {"test_acc": 0.77, "test_acc_std": 0.04, "finished": 10}}
+    row = seed_spread.spread_row("PROTEINS", results, 10)
+    assert row.startswith("| PROTEINS | 0, 1, 2 | 75.0 +- 5.0; 77.0 +- 4.0; 73.0 +- 3.0 (4 of 10 folds) | ")
+    assert "| 75.0 (73.0-77.0) | baseline 75.8 +- 3.7 | not reported |" in row
