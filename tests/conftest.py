@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny TU-format dataset written to disk, and helpers to run the CLI offline."""
+"""Shared fixtures: a tiny TU-format dataset written to disk, helpers to run the CLI offline, and the choice
+between the compiled CPU kernels and PyTorch operations."""
 from __future__ import annotations
 
 import os
@@ -72,3 +73,15 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
         [sys.executable, "-m", "mempool_cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def implementation(request, monkeypatch):
+    """The compiled CPU kernels, or PyTorch operations (what other devices and machines without a compiler use)."""
+    from mempool_cli.nn import kernels
+
+    if request.param == "torch":
+        monkeypatch.setattr(kernels, "cpu_kernels", lambda: None)
+    else:
+        assert kernels.cpu_kernels() is not None, "the compiled kernels did not build; see the warning logged"
+    return request.param

@@ -16,14 +16,7 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 BUILD_KERNELS = kernels.cpu_kernels.__wrapped__  # uncached
 
 
-@pytest.fixture(params=["compiled", "torch"], autouse=True)
-def implementation(request, monkeypatch):
-    """Every test runs with the compiled CPU kernels and with PyTorch operations (what other devices use)."""
-    if request.param == "torch":
-        monkeypatch.setattr(kernels, "cpu_kernels", lambda: None)
-    else:
-        assert kernels.cpu_kernels() is not None, "the compiled kernels did not build; see the warning logged"
-    return request.param
+pytestmark = pytest.mark.usefixtures("implementation")  # every test: compiled kernels, then PyTorch operations
 
 
 def _pair(dtype, in_channels=16, out_channels=8, heads=5, clusters=10, tau=1.0, seed=0):

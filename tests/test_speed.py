@@ -89,16 +89,6 @@ def test_the_optimiser_step_is_fused_on_the_cpu():
     assert all(group["fused"] for group in state.optimizer.param_groups)
 
 
-@pytest.fixture(params=["compiled", "torch"])
-def implementation(request, monkeypatch):
-    """The compiled CPU kernels, or PyTorch operations (what other devices and machines without a compiler use)."""
-    if request.param == "torch":
-        monkeypatch.setattr(kernels, "cpu_kernels", lambda: None)
-    else:
-        assert kernels.cpu_kernels() is not None, "the compiled kernels did not build; see the warning logged"
-    return request.param
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gin_aggregation_gives_pygs_bits(implementation, dtype, threads):
