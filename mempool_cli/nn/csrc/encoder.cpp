@@ -1,7 +1,8 @@
 // CPU kernels of the encoder. GIN's sum over each node's neighbours (mempool_cli.nn.FastGINConv) over a CSR
 // adjacency, one pass over the rows instead of PyG's gather of every edge's message and scatter-add (two [E, F]
-// tensors), summed in edge order from zero as the scatter-add sums, so the results are the same to the bit. And the residual step x + dropout(relu(h)) in one pass (mempool_cli.nn.residual_relu_dropout), with
-// the same arithmetic as the operations it replaces.
+// tensors), summed in edge order from zero as the scatter-add sums, so the results are the same to the bit. And
+// the residual step x + dropout(relu(h)) in one pass (mempool_cli.nn.residual_relu_dropout), with the same
+// arithmetic as the operations it replaces.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
@@ -47,7 +48,9 @@ std::vector<Tensor> adjacency(const Tensor& edge_index, int64_t num_nodes) {
 
 Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbours) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous CPU [N, F]");
-  TORCH_CHECK(ptr.numel() == x.size(0) + 1, "ptr must have N + 1 entries");
+  TORCH_CHECK(ptr.numel() == x.size(0) + 1 && ptr.scalar_type() == at::kLong && ptr.is_contiguous() &&
+              neighbours.scalar_type() == at::kLong && neighbours.is_contiguous(),
+              "ptr and neighbours must be an adjacency's contiguous int64 [N + 1] and [E]");
   const int64_t N = x.size(0), F = x.size(1);
   Tensor out = torch::zeros_like(x);
   const int64_t* p = ptr.data_ptr<int64_t>();
