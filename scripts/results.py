@@ -345,7 +345,8 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
         "Train times are the sums of the folds' training times (runs that shared the 2 cores took longer than "
         "alone). The MemGNN paper's numbers are the best test-fold accuracy over training epochs, which selects "
         "on the test data and overstates; they are shown for reference only. Per-fold results: "
-        "`mempool summarize OUT/<dataset>/<configuration>`.", "",
+        "`mempool summarize OUT/<dataset>/<configuration>`. How far each mean moves with the seed (each seed "
+        "draws its own folds): [seed_spread.md](seed_spread.md), from `scripts/seed_spread.py`.", "",
     ]
     lines += section("How each dataset's defaults were chosen",
                      "`scripts/results.py --tune` runs the candidates below (the generic defaults and variants that "
