@@ -13,8 +13,10 @@ namespace mempool {
 
 namespace {
 
-constexpr int64_t kRowGrain = 256;        // rows per parallel task
-constexpr int64_t kElementGrain = 16384;  // elements per parallel task
+// Work per parallel task: a PROTEINS batch (about 1250 nodes, 80,000 elements) stays on one thread, since waking a
+// second one cost more than it saved there (2 threads: 0.181 -> 0.158 s an epoch); DD's and REDDIT's batches split.
+constexpr int64_t kRowGrain = 2048;        // rows
+constexpr int64_t kElementGrain = 131072;  // elements
 
 // Stable counting sort of the edges by `key`: the start of each node's edges [N + 1] and, in that order, the
 // other end of each edge [E].
