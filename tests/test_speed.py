@@ -104,9 +104,9 @@ def test_gin_aggregation_gives_pygs_bits(implementation, dtype, threads):
         ours = FastGINConv(_mlp(32), train_eps=True).to(dtype)
         ours.load_state_dict(ref.state_dict())
         generator = torch.Generator().manual_seed(1)
-        x = torch.randn(700, 32, dtype=dtype, generator=generator)
-        edge_index = torch.randint(0, 650, (2, 3000), generator=generator)  # nodes 650.. have no edges
-        grad = torch.randn(700, 32, dtype=dtype, generator=generator)
+        x = torch.randn(2500, 32, dtype=dtype, generator=generator)  # more rows than a parallel task takes
+        edge_index = torch.randint(0, 2400, (2, 10000), generator=generator)  # nodes 2400.. have no edges
+        grad = torch.randn(2500, 32, dtype=dtype, generator=generator)
         results = []
         for conv in (ref, ours):
             inputs = x.clone().requires_grad_()
@@ -128,7 +128,7 @@ def test_gin_aggregation_refuses_edges_outside_the_graph(implementation):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(300, 64), (7, 3)])
+@pytest.mark.parametrize("shape", [(2100, 64), (7, 3)])  # more elements than a parallel task takes, and few
 def test_residual_step_gives_the_bits_of_its_operations(implementation, dtype, shape):
     """x + dropout(relu(h)) in one pass: the same output, gradients and random draws (the generator's state after)
     as the three operations."""
