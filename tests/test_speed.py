@@ -169,3 +169,15 @@ def test_training_gives_the_same_bits_as_pygs_gin_and_plain_operations(monkeypat
             train_epoch(model, loader, optimizer, torch.device("cpu"))
     assert type(fast.convs[0]) is FastGINConv and type(slow.convs[0]) is pyg_nn.GINConv
     assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), slow.state_dict().values()))
+
+
+def test_a_second_derivative_through_the_compiled_aggregation_is_refused_not_wrong(implementation):
+    x = torch.randn(5, 3, requires_grad=True)
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    grad, = torch.autograd.grad(FastGINConv(torch.nn.Identity())(x, edge_index).pow(2).sum(), x, create_graph=True)
+    if implementation == "compiled":
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            grad.sum().backward()
+    else:
+        grad.sum().backward()  # PyG's operations: a true second derivative
+        assert x.grad is not None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from mempool_cli.artifacts import waiting_lock
 
@@ -124,6 +125,7 @@ class NeighbourSum(torch.autograd.Function):
         return cpu_kernels().neighbour_sum(x.contiguous(), adjacency[0], adjacency[1])
 
     @staticmethod
+    @once_differentiable  # the kernel is not differentiable: a second derivative is refused, not wrong
     def backward(ctx, grad: Tensor):
         ptr_out, targets = ctx.saved_tensors
         return cpu_kernels().neighbour_sum(grad.contiguous(), ptr_out, targets), None
