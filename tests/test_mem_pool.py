@@ -325,3 +325,26 @@ def test_the_pytorch_path_does_not_grow_with_the_batch_and_compiles_whole(implem
     loss2.backward()
     _close(loss1, loss2, 1e-5)
     _close(x1.grad, x2.grad, 1e-5)
+
+
+def test_a_batch_split_over_threads_gives_the_bits_of_one_thread(implementation):
+    """The compiled kernels compute nodes and graphs independently, so splitting a large batch (more nodes and
+    graphs than one parallel task takes) over two threads changes no bit of the outputs, the KL loss or any
+    gradient."""
+    if implementation == "torch":
+        pytest.skip("PyTorch's own reductions may sum in another order with another thread count")
+    _, ours = _pair(torch.float32, in_channels=16, clusters=10, tau=30.0)
+    ours.split_key_grad = True
+    x, batch = _batch([30] * 100, 16, torch.float32)
+    results, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            inputs = x.clone().requires_grad_()
+            out, S = ours(inputs, batch, per_node=True)
+            kl = MemPooling.kl_loss(S, batch)
+            grads = torch.autograd.grad(out.square().sum() + kl, [inputs, ours.k, ours.conv.weight, ours.lin.weight])
+            results.append([out, S, kl, *grads])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
