@@ -33,7 +33,7 @@ def spread_row(name: str, results: dict[int, dict], folds: int) -> str:
              + ("" if r["finished"] == folds else f" ({r['finished']} of {folds} folds)")
              for _, r in sorted(results.items())]
     spread = f"{statistics.mean(means):.1f} ({min(means):.1f}-{max(means):.1f})"
-    return (f"| {name} | {', '.join(f'{seed}' for seed in sorted(results))} | {'; '.join(cells)} | {spread} | "
+    return (f"| {name} | {', '.join(map(str, sorted(results)))} | {'; '.join(cells)} | {spread} | "
             f"{published(ERRICA_BEST, name)} | {published(LATER_BEST, name)} |")
 
 
