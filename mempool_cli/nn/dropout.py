@@ -18,6 +18,12 @@ def _draws(numel: int) -> Tensor:
     return words.view(torch.int16)[:numel]
 
 
+def _keep_rule(dropped: int) -> tuple[int, float]:
+    """For ``dropped`` of the 65536 levels dropped: the draw at or above which an element is kept, and the scale
+    of the kept ones (the exact inverse of the keep probability)."""
+    return dropped - LEVELS // 2, LEVELS / (LEVELS - dropped)
+
+
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """``F.dropout`` in distribution, with ``p`` rounded to a multiple of 1/65536 (the kept values are scaled by
     the exact inverse of the rounded keep probability, so the expectation is ``x``). On the CPU the mask comes
@@ -31,8 +37,9 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     dropped = round(p * LEVELS)
     if dropped >= LEVELS:
         return x * 0.0
-    keep = _draws(x.numel()).view(x.shape) >= dropped - LEVELS // 2
-    return x * (keep.to(x.dtype) * (LEVELS / (LEVELS - dropped)))
+    threshold, scale = _keep_rule(dropped)
+    keep = _draws(x.numel()).view(x.shape) >= threshold
+    return x * (keep.to(x.dtype) * scale)
 
 
 def residual_relu_dropout(x: Tensor, h: Tensor, p: float, training: bool = True) -> Tensor:
@@ -43,5 +50,4 @@ def residual_relu_dropout(x: Tensor, h: Tensor, p: float, training: bool = True)
     if not training or p == 0.0 or dropped >= LEVELS or not kernels.usable(x) or h.shape != x.shape \
             or h.dtype != x.dtype:
         return x + dropout(F.relu(h), p, training)
-    return kernels.ResidualReluDropout.apply(x, h, _draws(x.numel()), dropped - LEVELS // 2,
-                                             LEVELS / (LEVELS - dropped))
+    return kernels.ResidualReluDropout.apply(x, h, _draws(x.numel()), *_keep_rule(dropped))
