@@ -5,6 +5,7 @@ import copy
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_geometric.nn as pyg_nn
@@ -29,6 +30,18 @@ MEMORY_LAYERS = registry(config.MEMORY_IMPLS, fast=MemPooling, pyg=pyg_nn.MemPoo
 # the structure-agnostic path beside the memory: the input features pooled over each graph
 READOUTS = registry(config.READOUTS, none=(), sum=(pyg_nn.global_add_pool,), mean=(pyg_nn.global_mean_pool,),
                     sum_mean=(pyg_nn.global_add_pool, pyg_nn.global_mean_pool))
+
+
+
+def kmeans_centres(points: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """scikit-learn's k-means centres of ``points`` (best of 3 starts), computed on one thread so that they are the
+    same on every machine and at every ``threads``: its threads split the points by their number and add their
+    partial sums in the order they finish. (One thread is what it ran on with ``threads=1``, the published runs.)"""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return KMeans(clusters, n_init=3, random_state=seed).fit(points).cluster_centers_
 
 
 class MemGNN(nn.Module):
@@ -112,13 +125,12 @@ class MemGNN(nn.Module):
         initialises its centres: one k-means run per head, seeded apart, its centres matched to the first head's
         (key j of every head then stands for the same cluster, so the heads' votes add up)."""
         from scipy.optimize import linear_sum_assignment
-        from sklearn.cluster import KMeans
 
         layer = self.memory[0]
         points = self._training_embeddings(x, edge_index, edge_attr).double().cpu().numpy()
         first = None
         for h in range(layer.heads):
-            centres = KMeans(layer.num_clusters, n_init=3, random_state=seed + h).fit(points).cluster_centers_
+            centres = kmeans_centres(points, layer.num_clusters, seed + h)
             if first is None:
                 first = centres
             else:

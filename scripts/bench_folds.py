@@ -32,9 +32,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sequential, seq_folds = run(Path(tmp) / "seq", 1, args.dataset, args.overrides)
         parallel, par_folds = run(Path(tmp) / "par", args.workers, args.dataset, args.overrides)
-    same = all({k: v for k, v in a.items() if k != "train_time_s"} == {k: v for k, v in b.items()
-                                                                        if k != "train_time_s"}
-               for a, b in zip(seq_folds, par_folds))
+    differences = [(a["fold"], key, a[key], b.get(key)) for a, b in zip(seq_folds, par_folds) for key in a
+                   if key != "train_time_s" and a[key] != b.get(key)]
+    for fold, key, in_turn, at_once in differences:
+        print(f"fold {fold}: {key} in turn {in_turn}, in parallel {at_once}")
+    same = not differences
     per_fold = sum(f["train_time_s"] for f in seq_folds) / len(seq_folds)
     print(f"| {args.dataset} {len(seq_folds)} folds | in turn {sequential:.1f} s | {args.workers} workers "
           f"{parallel:.1f} s | x{sequential / parallel:.2f} | per-fold training {per_fold:.1f} s | "

@@ -11,7 +11,7 @@ from mempool_cli.config import ModelSpec, OptimSpec
 from mempool_cli.data.batching import GraphLoader
 from mempool_cli.engine import assignment_stats, key_counts, memory_stats
 from mempool_cli.loop import TrainState, reseed_starved_keys
-from mempool_cli.model import build_model
+from mempool_cli.model import build_model, kmeans_centres
 from mempool_cli.protocols import train
 from test_core import spec_of
 from conftest import TINY_ARGS
@@ -59,6 +59,22 @@ def test_kmeans_keys_are_matched_across_heads_and_assign_sharply():
     assert stats[0]["mean_max_assignment"] > 0.9 and stats[0]["keys_used"] == 3
     plain = memory_stats(_model(), [data], torch.device("cpu"))
     assert plain[0]["mean_max_assignment"] < 0.4  # PyG's initialisation: nearly flat
+
+
+def test_kmeans_keys_do_not_depend_on_the_machines_thread_count():
+    """scikit-learn's k-means adds its threads' partial sums in the order they finish; its centres must not follow
+    the number of cores (here: 1 or 4 threads allowed around it)."""
+    from threadpoolctl import threadpool_limits
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 64, generator=generator) * 10
+    points = (centres[torch.randint(0, 10, (8000,), generator=generator)]
+              + 3 * torch.randn(8000, 64, generator=generator)).double().numpy()
+    with threadpool_limits(1):
+        alone = kmeans_centres(points, 10, seed=0)
+    with threadpool_limits(4):
+        shared = kmeans_centres(points, 10, seed=0)
+    assert (alone == shared).all()
 
 
 def test_starved_keys_are_those_below_the_share_and_none_without_reseeding():
