@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path("~/.cache/mempool-bench").expanduser()
 
 
-def reference_package(rev: str) -> str:
-    """Extract ``rev``'s ``mempool_cli`` as the package ``mempool_ref`` (imports renamed) and return its name."""
+def extract_reference(rev: str) -> Path:
+    """Extract ``rev``'s ``mempool_cli`` as the package ``mempool_ref`` (imports and config targets renamed);
+    returns the folder that holds it."""
     commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout.strip()
     place = CACHE / commit[:12]
@@ -42,9 +43,14 @@ def reference_package(rev: str) -> str:
         tarfile.open(fileobj=io.BytesIO(archive)).extractall(place / "tree", filter="data")
         (place / "tree" / "mempool_cli").rename(package)
         (place / "tree" / "configs").rename(package / "configs")
-        for source in package.rglob("*.py"):
+        for source in [*package.rglob("*.py"), *package.rglob("*.yaml")]:
             source.write_text(source.read_text().replace("mempool_cli", "mempool_ref"))
-    sys.path.insert(0, str(place))
+    return place
+
+
+def reference_package(rev: str) -> str:
+    """``rev``'s package (:func:`extract_reference`) put on ``sys.path``; returns its name."""
+    sys.path.insert(0, str(extract_reference(rev)))
     return "mempool_ref"
 
 

@@ -224,16 +224,18 @@ def published(table: dict, name: str) -> str:
 
 def verdict(name: str, default: dict, folds: int) -> str:
     """Whether the defaults beat the best published fair-protocol rows (Errica et al.'s and any later one), with
-    the points behind each row they do not beat."""
+    the points behind each row they do not beat, or (two decimals, so that a hair's breadth shows) ahead of each."""
     if default["finished"] < folds:
         return f"unfinished: {default['finished']} of {folds} folds"
     rows = [(label, table[name][1]) for label, table in (("Errica", ERRICA_BEST), ("later", LATER_BEST))
             if name in table]
     if not rows:
         return "n/a"
-    behind = [f"{label} {100 * default['test_acc'] - best:+.1f}" for label, best in rows
-              if 100 * default["test_acc"] <= best]
-    return f"no ({', '.join(behind)})" if behind else "yes"
+    ahead = {label: 100 * default["test_acc"] - best for label, best in rows}
+    behind = [f"{label} {points:+.1f}" for label, points in ahead.items() if points <= 0]
+    if behind:
+        return f"no ({', '.join(behind)})"
+    return f"yes ({', '.join(f'{label} {points:+.2f}' for label, points in ahead.items())})"
 
 
 def selection_cell(out: Path, name: str, folds: int) -> str:
@@ -319,7 +321,7 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
     results = {name: results_of(out, name) for name in names}
     wins_by = {name: candidate_wins(out, name, folds) for name in names}
     rows, verdicts = main_rows(out, results, folds)
-    beaten = [name for name, v in verdicts.items() if v == "yes"]
+    beaten = [name for name, v in verdicts.items() if v.startswith("yes")]
     short = [f"{name} {v.removeprefix('no ')}" for name, v in verdicts.items() if v.startswith("no")]
     extra = f" -- {' '.join(overrides)}" if overrides else ""
     lines = [

@@ -257,6 +257,16 @@ def _results_script():
     return module
 
 
+def test_results_verdict_shows_how_far_ahead_or_behind_the_defaults_are():
+    """A win by a hair shows as one (two decimals), a miss by how many points, per published row."""
+    verdict = _results_script().verdict
+    assert verdict("DD", {"finished": 10, "test_acc": 0.78437}, 10) == "yes (Errica +0.04)"
+    assert verdict("NCI1", {"finished": 10, "test_acc": 0.8185}, 10) == "yes (Errica +1.85, later +1.25)"
+    assert verdict("ENZYMES", {"finished": 10, "test_acc": 0.677}, 10) == "no (later -1.7)"
+    assert verdict("DD", {"finished": 10, "test_acc": 0.784}, 10) == "no (Errica +0.0)"
+    assert verdict("DD", {"finished": 3, "test_acc": 0.9}, 10) == "unfinished: 3 of 10 folds"
+
+
 def test_results_tune_ships_the_candidate_picked_most_often_as_a_tuned_file(tmp_path, monkeypatch):
     """The results script ships the candidate the per-fold selection picks most often (a tie keeps the generic
     defaults, else goes to the best mean validation accuracy); its tuned file composes to that candidate's
