@@ -56,6 +56,12 @@ CONFIGS = {
     "assign_wide_drop02": ("dropout 0.2, width 128, head weights learned from the KL loss",
                            ["model.dropout=0.2", "model.hidden=128", "model.memory.hidden=128",
                             "train.kl_schedule=assign"]),
+    "assign_wide_drop0": ("no dropout, width 128, head weights learned from the KL loss",
+                          ["model.dropout=0.0", "model.hidden=128", "model.memory.hidden=128",
+                           "train.kl_schedule=assign"]),
+    "assign_wider_drop02": ("dropout 0.2, width 256, head weights learned from the KL loss",
+                            ["model.dropout=0.2", "model.hidden=256", "model.memory.hidden=256",
+                             "train.kl_schedule=assign"]),
     "no_kl": ("without the KL loss", ["train.kl_weight=0"]),
     "assign": ("head weights learned from the KL loss too", ["train.kl_schedule=assign"]),
     "no_path": ("without the summed-input path", ["model.readout=none"]),
@@ -68,7 +74,8 @@ CONFIGS = {
 
 # The candidates for a dataset's shipped config (--tune): the generic defaults and variants that keep every part of
 # the model. The ablation's other configurations take a part away to show what it adds; they are not candidates.
-CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02", "drop0")
+CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02", "drop0",
+              "assign_wide_drop0", "assign_wider_drop02")
 # the ablation's configurations leave starved keys where they are (as before reseeding was a default); the
 # candidates reseed them, as the generic defaults do
 UNRESEEDED = ["model.memory.reseed=0"]
