@@ -32,7 +32,6 @@ READOUTS = registry(config.READOUTS, none=(), sum=(pyg_nn.global_add_pool,), mea
                     sum_mean=(pyg_nn.global_add_pool, pyg_nn.global_mean_pool))
 
 
-
 def kmeans_centres(points: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     """scikit-learn's k-means centres of ``points`` (best of 3 starts), computed on one thread so that they are the
     same on every machine and at every ``threads``: its threads split the points by their number and add their

@@ -222,11 +222,11 @@ def epoch_runner(loop: str):
     torch.manual_seed(0)
     memory = {"example": "pyg", "trainer": "fast", "limit": "mean"}[loop]
     model = ExampleNet(graphs.num_features, graphs.num_classes, memory)
-    if loop == "example":  # the example's optimiser
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=4e-5)
+    # the example's per-tensor Adam step; the trainer's sides (memory model and limit alike) take the trainer's
+    # fused one, as mempool_cli.loop does
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=4e-5, fused=loop != "example")
+    if loop == "example":
         return functools.partial(example_epoch, model, loader, optimizer)
-    # the trainer's: one fused step for all parameters (mempool_cli.loop), for the memory model and the limit alike
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=4e-5, fused=True)
     schedule, kl_weight = ("paper", 1.0) if loop == "trainer" else ("joint", 0.0)
     return functools.partial(train_epoch, model, loader, optimizer, torch.device("cpu"), schedule, kl_weight)
 

@@ -47,7 +47,7 @@ def residual_relu_dropout(x: Tensor, h: Tensor, p: float, training: bool = True)
     (:class:`~mempool_cli.nn.kernels.ResidualReluDropout`) that draws the same mask and computes the same values
     to the bit as the three operations, instead of eight elementwise passes forward and back."""
     dropped = round(p * LEVELS)
-    if not training or p == 0.0 or dropped >= LEVELS or not kernels.usable(x) or h.shape != x.shape \
-            or h.dtype != x.dtype:
+    if (not training or p == 0.0 or dropped >= LEVELS or not kernels.usable(x) or h.shape != x.shape
+            or h.dtype != x.dtype):
         return x + dropout(F.relu(h), p, training)
     return kernels.ResidualReluDropout.apply(x, h, _draws(x.numel()), *_keep_rule(dropped))
