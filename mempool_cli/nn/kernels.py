@@ -82,18 +82,18 @@ class AssignPool(torch.autograd.Function):
     def forward(ctx, x: Tensor, keys: Tensor, w: Tensor, batch: Tensor, num_graphs: int, num_clusters: int,
                 tau: float, split_key_grad: bool, kl_heads: bool = False):
         x = x.contiguous()
-        pooled, S, S_heads, inv_d = cpu_kernels().assign_pool_forward(x, keys, w, batch, num_graphs,
-                                                                      num_clusters, tau)
-        ctx.save_for_backward(x, keys, w, batch, S, S_heads, inv_d)
+        pooled, S, S_t, S_heads, inv_d = cpu_kernels().assign_pool_forward(x, keys, w, batch, num_graphs,
+                                                                           num_clusters, tau)
+        ctx.save_for_backward(x, keys, w, batch, S_t, S_heads, inv_d)
         ctx.num_graphs, ctx.tau, ctx.split_key_grad, ctx.kl_heads = num_graphs, tau, split_key_grad, kl_heads
         ctx.set_materialize_grads(False)
         return pooled, S
 
     @staticmethod
     def backward(ctx, grad_pooled, grad_S):
-        x, keys, w, batch, S, S_heads, inv_d = ctx.saved_tensors
+        x, keys, w, batch, S_t, S_heads, inv_d = ctx.saved_tensors
         grad_x, grad_keys, grad_w = cpu_kernels().assign_pool_backward(
-            grad_pooled, grad_S, x, keys, w, batch, ctx.num_graphs, S, S_heads, inv_d, ctx.tau, ctx.split_key_grad,
+            grad_pooled, grad_S, x, keys, w, batch, ctx.num_graphs, S_t, S_heads, inv_d, ctx.tau, ctx.split_key_grad,
             ctx.kl_heads)
         return grad_x, grad_keys, grad_w, None, None, None, None, None, None
 

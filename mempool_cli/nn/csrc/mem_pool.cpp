@@ -66,20 +66,22 @@ void check_inputs(const Tensor& x, const Tensor& batch) {
               "batch must be a contiguous int64 [N]");
 }
 
+// The node-wise passes below take the nodes a vector at a time: every [H*K, N] or [K, N] buffer has the nodes
+// contiguous, so each (head, key) row loads and stores whole vectors of nodes, and the sums over the K keys and
+// the H heads are sums of vectors, one node per lane (the same order of sums at any vector width).
+
 // Soft assignments S [N, K] and per-graph pooling S_b^T X_b [B, K, F].
-// Returns (pooled, S, S_heads [N, H*K], inv_d [N, H*K]); the last two are saved for the backward.
+// Returns (pooled, S, S_t [K, N], S_heads [H*K, N], inv_d [H*K, N]); the last three are saved for the backward.
 std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, const Tensor& w, const Tensor& batch,
                                         int64_t num_graphs, int64_t K, double tau) {
   check_inputs(x, batch);
   const int64_t N = x.size(0), F = x.size(1), HK = keys.size(0), H = w.numel();
   TORCH_CHECK(HK == H * K && keys.size(1) == F, "keys must be [H*K, F]");
   const auto ptr = segment_ptr(batch, num_graphs);
-  Tensor inv_d = at::mm(x, keys.t());  // x.k, turned in place into 1 / (tau + ||x - k||^2)
-  Tensor S_heads = at::empty_like(inv_d);
-  Tensor S = at::empty({N, K}, x.options());
+  Tensor inv_d = at::mm(keys, x.t());  // k.x [H*K, N], turned in place into 1 / (tau + ||x - k||^2)
+  Tensor S_heads = at::empty_like(inv_d), S_t = at::empty({K, N}, x.options());
   Tensor pooled = at::zeros({num_graphs, K, F}, x.options());
-  const Tensor key_sq = (keys * keys).sum(1).contiguous();
-  const Tensor w_c = w.contiguous();
+  const Tensor key_sq = (keys * keys).sum(1).contiguous(), w_c = w.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "assign_pool_forward", [&] {
     using Vec = at::vec::Vectorized<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -87,72 +89,63 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
     const scalar_t* wp = w_c.data_ptr<scalar_t>();
     scalar_t* id = inv_d.data_ptr<scalar_t>();
     scalar_t* sh = S_heads.data_ptr<scalar_t>();
-    scalar_t* sp = S.data_ptr<scalar_t>();
-    const scalar_t t = tau, power = (1.0 + tau) / 2.0;
+    scalar_t* st = S_t.data_ptr<scalar_t>();
     // the power's exponent in halves when 1 + tau is a whole number (up to 512), else -1 (exp and log)
     const int64_t halves = tau + 1.0 == std::floor(tau + 1.0) && tau + 1.0 <= 512 ? int64_t(tau + 1.0) : -1;
+    const Vec t(tau), one(1), two(2), exponent((1.0 + tau) / 2.0);
     at::parallel_for(0, N, kNodeGrain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> logits(K);
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* xi = xp + i * F;
-        scalar_t xx = 0;
-        _Pragma("omp simd reduction(+ : xx)")
-        for (int64_t f = 0; f < F; ++f) xx += xi[f] * xi[f];
-        scalar_t* idi = id + i * HK;
-        scalar_t* shi = sh + i * HK;
-        const scalar_t base = t + xx, lowest = t;  // locals, so that the loop below is vectorised
-        _Pragma("omp simd")
-        for (int64_t j = 0; j < HK; ++j) {
-          idi[j] = 1 / std::max(base + kk[j] - 2 * idi[j], lowest);  // clamped against rounding below zero
-          shi[j] = idi[j];
+      std::vector<Vec> q(K), logits(K);
+      for (int64_t i = begin; i < end; i += Vec::size()) {
+        const int64_t n = std::min<int64_t>(Vec::size(), end - i);
+        alignas(64) scalar_t norms[Vec::size()] = {};
+        for (int64_t l = 0; l < n; ++l) {
+          const scalar_t* xi = xp + (i + l) * F;
+          scalar_t xx = 0;
+          _Pragma("omp simd reduction(+ : xx)")
+          for (int64_t f = 0; f < F; ++f) xx += xi[f] * xi[f];
+          norms[l] = xx;
         }
-        if (tau != 1.0) {  // (1 + d / tau)^(-(1 + tau) / 2), relative to each head's nearest key: the per-head
-          for (int64_t h = 0; h < H; ++h) {  // normalisation below cancels the factor, and nothing underflows to 0/0
-            scalar_t* shh = shi + h * K;
-            const scalar_t scale = 1 / *std::max_element(shh, shh + K);
-            for (int64_t k = 0; k < K; ++k) shh[k] *= scale;
+        const Vec base = t + Vec::loadu(norms);
+        for (int64_t k = 0; k < K; ++k) logits[k] = Vec(0);
+        for (int64_t h = 0; h < H; ++h) {
+          Vec top(0), z(0);
+          for (int64_t k = 0; k < K; ++k) {  // clamped at tau against rounding below zero distance
+            const int64_t j = h * K + k;
+            const Vec dot = Vec::loadu(id + j * N + i, n);
+            q[k] = one / at::vec::maximum(base + Vec(kk[j]) - two * dot, t);
+            q[k].store(id + j * N + i, n);
+            top = at::vec::maximum(top, q[k]);
           }
-          if (halves >= 0) {
-            map_inplace(shi, HK, [&](const Vec& v) { return power_of_half(v, halves); });
-          } else {
-            const Vec exponent(power);
-            map_inplace(shi, HK, [&](const Vec& v) { return (v.log() * exponent).exp(); });
+          if (tau != 1.0) {  // (1 + d / tau)^(-(1 + tau) / 2), relative to the head's nearest key: the
+            const Vec scale = one / top;  // normalisation below cancels the factor, and nothing underflows to 0/0
+            for (int64_t k = 0; k < K; ++k) {
+              const Vec v = q[k] * scale;
+              q[k] = halves >= 0 ? power_of_half(v, halves) : (v.log() * exponent).exp();
+            }
           }
-        }
-        std::fill(logits.begin(), logits.end(), scalar_t(0));
-        for (int64_t h = 0; h < H; ++h) {  // normalise each head over K, then merge the heads
-          scalar_t* shh = shi + h * K;
-          scalar_t z = 0;
-          _Pragma("omp simd reduction(+ : z)")
-          for (int64_t k = 0; k < K; ++k) z += shh[k];
-          const scalar_t scale = 1 / z;
-          _Pragma("omp simd")
-          for (int64_t k = 0; k < K; ++k) {
-            shh[k] *= scale;
-            logits[k] += wp[h] * shh[k];
+          for (int64_t k = 0; k < K; ++k) z = z + q[k];
+          const Vec inv_z = one / z, weight(wp[h]);
+          for (int64_t k = 0; k < K; ++k) {  // normalise the head over K, then merge the heads
+            const Vec s = q[k] * inv_z;
+            s.store(sh + (h * K + k) * N + i, n);
+            logits[k] = logits[k] + weight * s;
           }
         }
-        const scalar_t top = *std::max_element(logits.begin(), logits.end());
-        for (int64_t k = 0; k < K; ++k) sp[i * K + k] = logits[k] - top;
-      }
-      // the softmax over K: exp over the whole block at once (full vectors), then each node's normalisation
-      map_inplace(sp + begin * K, (end - begin) * K, [](const Vec& v) { return v.exp(); });
-      for (int64_t i = begin; i < end; ++i) {
-        scalar_t* si = sp + i * K;
-        scalar_t total = 0;
-        for (int64_t k = 0; k < K; ++k) total += si[k];
-        for (int64_t k = 0; k < K; ++k) si[k] /= total;
+        Vec top = logits[0], total(0);  // the softmax over K
+        for (int64_t k = 1; k < K; ++k) top = at::vec::maximum(top, logits[k]);
+        for (int64_t k = 0; k < K; ++k) total = total + (logits[k] = (logits[k] - top).exp());
+        const Vec inv_total = one / total;
+        for (int64_t k = 0; k < K; ++k) (logits[k] * inv_total).store(st + k * N + i, n);
       }
     });
     scalar_t* out = pooled.data_ptr<scalar_t>();
     at::parallel_for(0, num_graphs, kGraphGrain, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
-        scalar_t* og = out + g * K * F;
-        for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i) {
-          const scalar_t* xi = xp + i * F;
-          for (int64_t k = 0; k < K; ++k) {
-            const scalar_t s = sp[i * K + k];
-            scalar_t* row = og + k * F;
+        for (int64_t k = 0; k < K; ++k) {
+          scalar_t* row = out + (g * K + k) * F;
+          for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i) {
+            const scalar_t s = st[k * N + i];
+            const scalar_t* xi = xp + i * F;
             _Pragma("omp simd")
             for (int64_t f = 0; f < F; ++f) row[f] += s * xi[f];
           }
@@ -160,57 +153,120 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
       }
     });
   });
-  return {pooled, S, S_heads, inv_d};
+  return {pooled, S_t.t().contiguous(), S_t, S_heads, inv_d};
 }
 
 // A gradient grad_S [N, K] reaching S through the assignment, taken back to the distances ||x - k||^2: returns
-// (that gradient [N, H*K], its row sums [N], the gradient of the head weights w per node [N, H]).
-std::tuple<Tensor, Tensor, Tensor> distance_grad(const Tensor& grad_S, const Tensor& S, const Tensor& S_heads,
+// (that gradient [H*K, N], its sums over the keys [N], the gradient of the head weights w [H]).
+std::tuple<Tensor, Tensor, Tensor> distance_grad(const Tensor& grad_S, const Tensor& S_t, const Tensor& S_heads,
                                                  const Tensor& inv_d, const Tensor& w, double tau) {
-  const int64_t N = S.size(0), K = S.size(1), H = w.numel();
-  Tensor gd = at::empty_like(S_heads), row_sum = at::empty({N}, S.options()), head = at::empty({N, H}, S.options());
-  const Tensor g = grad_S.contiguous(), w_c = w.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "distance_grad", [&] {
+  const int64_t K = S_t.size(0), N = S_t.size(1), H = w.numel();
+  Tensor gd = at::empty_like(S_heads), row_sum = at::empty({N}, S_t.options());
+  Tensor head = at::empty({H, N}, S_t.options()), grad_w = at::empty({H}, S_t.options());
+  const Tensor g = grad_S.t().contiguous(), w_c = w.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(S_t.scalar_type(), "distance_grad", [&] {
+    using Vec = at::vec::Vectorized<scalar_t>;
     const scalar_t* gs = g.data_ptr<scalar_t>();
-    const scalar_t* sp = S.data_ptr<scalar_t>();
+    const scalar_t* st = S_t.data_ptr<scalar_t>();
     const scalar_t* sh = S_heads.data_ptr<scalar_t>();
     const scalar_t* id = inv_d.data_ptr<scalar_t>();
     const scalar_t* wp = w_c.data_ptr<scalar_t>();
     scalar_t* gdp = gd.data_ptr<scalar_t>();
     scalar_t* rsp = row_sum.data_ptr<scalar_t>();
-    scalar_t* cp = head.data_ptr<scalar_t>();
+    scalar_t* hp = head.data_ptr<scalar_t>();
+    scalar_t* wg = grad_w.data_ptr<scalar_t>();
     const scalar_t factor = -(1.0 + tau) / 2.0;  // d S_heads / d dist = factor * S_heads / d (before normalising)
     at::parallel_for(0, N, kNodeGrain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> gl(K);
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* gi = gs + i * K;
-        const scalar_t* si = sp + i * K;
-        scalar_t dot = 0;
-        _Pragma("omp simd reduction(+ : dot)")
-        for (int64_t k = 0; k < K; ++k) dot += gi[k] * si[k];
-        _Pragma("omp simd")
-        for (int64_t k = 0; k < K; ++k) gl[k] = si[k] * (gi[k] - dot);  // through the softmax over K
+      std::vector<Vec> gl(K);
+      for (int64_t i = begin; i < end; i += Vec::size()) {
+        const int64_t n = std::min<int64_t>(Vec::size(), end - i);
+        Vec dot(0), rs(0);
+        for (int64_t k = 0; k < K; ++k) {
+          gl[k] = Vec::loadu(gs + k * N + i, n);
+          dot = dot + gl[k] * Vec::loadu(st + k * N + i, n);
+        }
+        for (int64_t k = 0; k < K; ++k) gl[k] = Vec::loadu(st + k * N + i, n) * (gl[k] - dot);  // the softmax's
         for (int64_t h = 0; h < H; ++h) {
-          const int64_t o = (i * H + h) * K;
-          scalar_t c = 0;
-          _Pragma("omp simd reduction(+ : c)")
-          for (int64_t k = 0; k < K; ++k) c += gl[k] * sh[o + k];
-          cp[i * H + h] = c;
-          const scalar_t scale = wp[h] * factor;
-          _Pragma("omp simd")
+          const scalar_t* shh = sh + h * K * N + i;
+          Vec c(0);
+          for (int64_t k = 0; k < K; ++k) c = c + gl[k] * Vec::loadu(shh + k * N, n);
+          c.store(hp + h * N + i, n);
+          const Vec scale(wp[h] * factor);
           for (int64_t k = 0; k < K; ++k) {  // through the normalisation over K and the Student-t kernel
-            gdp[o + k] = (gl[k] - c) * scale * sh[o + k] * id[o + k];
+            const int64_t o = (h * K + k) * N + i;
+            const Vec d = (gl[k] - c) * scale * Vec::loadu(sh + o, n) * Vec::loadu(id + o, n);
+            d.store(gdp + o, n);
+            rs = rs + d;
           }
         }
-        scalar_t rs = 0;
-        const scalar_t* gdi = gdp + i * H * K;
-        _Pragma("omp simd reduction(+ : rs)")
-        for (int64_t j = 0; j < H * K; ++j) rs += gdi[j];
-        rsp[i] = rs;
+        rs.store(rsp + i, n);
+      }
+    });
+    for (int64_t h = 0; h < H; ++h) {  // in node order: the same bits at any thread count
+      scalar_t total = 0;
+      for (int64_t i = 0; i < N; ++i) total += hp[h * N + i];
+      wg[h] = total;
+    }
+  });
+  return {gd, row_sum, grad_w};
+}
+
+// grad_keys += d||x - k||^2 / dk . gd = 2 k (sum_i gd_ji) - 2 sum_i gd_ji x_i, for gd [H*K, N]. The sums over
+// nodes run in node order within fixed blocks of kNodeGrain nodes, and the blocks' sums are added in block order:
+// the same bits at any thread count (a GEMM may split the nodes among its threads).
+template <typename T, int J>
+void key_block(const T* gd, const T* x, int64_t N, int64_t F, int64_t begin, int64_t end, T* out) {
+  using V = at::vec::Vectorized<T>;
+  for (int64_t f = 0; f < F; f += 2 * V::size()) {
+    const int64_t n0 = std::min<int64_t>(V::size(), F - f), n1 = std::max<int64_t>(0, F - f - V::size());
+    V acc[J][2];
+    for (int j = 0; j < J; ++j) acc[j][0] = acc[j][1] = V(0);
+    for (int64_t i = begin; i < end; ++i) {
+      const V x0 = V::loadu(x + i * F + f, n0);
+      const V x1 = n1 > 0 ? V::loadu(x + i * F + f + V::size(), std::min<int64_t>(n1, V::size())) : V(0);
+      for (int j = 0; j < J; ++j) {
+        const V g(gd[j * N + i]);
+        acc[j][0] = at::vec::fmadd(g, x0, acc[j][0]);
+        acc[j][1] = at::vec::fmadd(g, x1, acc[j][1]);
+      }
+    }
+    for (int j = 0; j < J; ++j) {
+      acc[j][0].store(out + j * F + f, n0);
+      if (n1 > 0) acc[j][1].store(out + j * F + f + V::size(), std::min<int64_t>(n1, V::size()));
+    }
+  }
+}
+
+void add_key_grad(Tensor& grad_keys, const Tensor& gd, const Tensor& x, const Tensor& keys) {
+  const int64_t HK = gd.size(0), N = gd.size(1), F = x.size(1);
+  const int64_t blocks = std::max<int64_t>(1, (N + kNodeGrain - 1) / kNodeGrain);
+  Tensor products = at::zeros({blocks, HK, F}, x.options()), sums = at::zeros({blocks, HK}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "key_grad", [&] {
+    const scalar_t* g = gd.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* pp = products.data_ptr<scalar_t>();
+    scalar_t* sp = sums.data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) {
+        const int64_t begin = b * kNodeGrain, end = std::min(N, begin + kNodeGrain);
+        scalar_t* out = pp + b * HK * F;
+        int64_t j = 0;
+        for (; j + 4 <= HK; j += 4) key_block<scalar_t, 4>(g + j * N, xp, N, F, begin, end, out + j * F);
+        for (; j < HK; ++j) key_block<scalar_t, 1>(g + j * N, xp, N, F, begin, end, out + j * F);
+        for (j = 0; j < HK; ++j) {
+          scalar_t total = 0;
+          for (int64_t i = begin; i < end; ++i) total += g[j * N + i];
+          sp[b * HK + j] = total;
+        }
       }
     });
   });
-  return {gd, row_sum, head};
+  Tensor product = products[0], sum = sums[0];
+  for (int64_t b = 1; b < blocks; ++b) {
+    product = product + products[b];
+    sum = sum + sums[b];
+  }
+  grad_keys.addcmul_(keys, sum.unsqueeze(1), 2.0).add_(product, -2.0);
 }
 
 // Gradients (x, keys, w) of assign_pool_forward's outputs. With split_key_grad, the gradient reaching S through
@@ -218,9 +274,9 @@ std::tuple<Tensor, Tensor, Tensor> distance_grad(const Tensor& grad_S, const Ten
 // keys and w, and the pooling's to x only); otherwise their sum flows to all three.
 std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_pooled, const std::optional<Tensor>& grad_S,
                                          const Tensor& x, const Tensor& keys, const Tensor& w, const Tensor& batch,
-                                         int64_t num_graphs, const Tensor& S, const Tensor& S_heads,
+                                         int64_t num_graphs, const Tensor& S_t, const Tensor& S_heads,
                                          const Tensor& inv_d, double tau, bool split_key_grad, bool kl_heads) {
-  const int64_t N = x.size(0), F = x.size(1), K = S.size(1);
+  const int64_t N = x.size(0), F = x.size(1), K = S_t.size(0);
   Tensor grad_x = at::zeros_like(x), grad_keys = at::zeros_like(keys), grad_w = at::zeros_like(w);
   Tensor to_x;  // the gradient reaching S through the pooling, then the one flowing on to x and w
   if (grad_pooled) {
@@ -230,7 +286,7 @@ std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_poole
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_backward", [&] {
       const scalar_t* gpp = gp.data_ptr<scalar_t>();
       const scalar_t* xp = x.data_ptr<scalar_t>();
-      const scalar_t* sp = S.data_ptr<scalar_t>();
+      const scalar_t* st = S_t.data_ptr<scalar_t>();
       scalar_t* gsp = to_x.data_ptr<scalar_t>();
       scalar_t* gxp = grad_x.data_ptr<scalar_t>();
       at::parallel_for(0, num_graphs, kGraphGrain, [&](int64_t begin, int64_t end) {
@@ -240,7 +296,7 @@ std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_poole
             scalar_t* gxi = gxp + i * F;
             for (int64_t k = 0; k < K; ++k) {
               const scalar_t* row = gpp + (g * K + k) * F;
-              const scalar_t s = sp[i * K + k];
+              const scalar_t s = st[k * N + i];
               scalar_t acc = 0;
               _Pragma("omp simd reduction(+ : acc)")
               for (int64_t f = 0; f < F; ++f) {
@@ -255,21 +311,17 @@ std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_poole
     });
   }
   if (!split_key_grad && grad_S) to_x = to_x.defined() ? to_x.add_(*grad_S) : *grad_S;
-  // d||x - k||^2 / dx = 2 (x - k) and / dk = 2 (k - x)
-  auto add_key_grad = [&](const Tensor& gd) {
-    grad_keys.addcmul_(keys, gd.sum(0).unsqueeze(1), 2.0).addmm_(gd.t(), x, 1.0, -2.0);
-  };
   const bool heads_from_s = split_key_grad && kl_heads;
-  if (to_x.defined()) {
-    const auto [gd, row_sum, head] = distance_grad(to_x, S, S_heads, inv_d, w, tau);
-    if (!heads_from_s) grad_w = head.sum(0);
-    grad_x.addcmul_(x, row_sum.unsqueeze(1), 2.0).addmm_(gd, keys, 1.0, -2.0);
-    if (!split_key_grad) add_key_grad(gd);
+  if (to_x.defined()) {  // d||x - k||^2 / dx = 2 (x - k)
+    const auto [gd, row_sum, head] = distance_grad(to_x, S_t, S_heads, inv_d, w, tau);
+    if (!heads_from_s) grad_w = head;
+    grad_x.addcmul_(x, row_sum.unsqueeze(1), 2.0).addmm_(gd.t(), keys, 1.0, -2.0);
+    if (!split_key_grad) add_key_grad(grad_keys, gd, x, keys);
   }
   if (split_key_grad && grad_S) {
-    const auto [gd, row_sum, head] = distance_grad(*grad_S, S, S_heads, inv_d, w, tau);
-    add_key_grad(gd);
-    if (heads_from_s) grad_w = head.sum(0);
+    const auto [gd, row_sum, head] = distance_grad(*grad_S, S_t, S_heads, inv_d, w, tau);
+    add_key_grad(grad_keys, gd, x, keys);
+    if (heads_from_s) grad_w = head;
   }
   return {grad_x, grad_keys, grad_w};
 }
