@@ -33,8 +33,8 @@ READOUTS = registry(config.READOUTS, none=(), sum=(pyg_nn.global_add_pool,), mea
 
 
 def kmeans_centres(points: np.ndarray, clusters: int, seed: int) -> np.ndarray:
-    """scikit-learn's k-means centres of ``points`` (best of 3 starts), computed on one thread so that they are the
-    same on every machine and at every ``threads``: its threads split the points by their number and add their
+    """scikit-learn's k-means centres of ``points`` (best of 3 starts), computed on one thread so that they do not
+    depend on the core count or ``threads``: its threads split the points by their number and add their
     partial sums in the order they finish. (One thread is what it ran on with ``threads=1``, the published runs.)"""
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
