@@ -82,14 +82,17 @@ def test_random_batches_match_pyg(dtype, seed):
         {"sizes": [6, 2, 9], "tau": 30.0},  # mempool's default
         {"sizes": [3, 200, 2, 4]},  # one graph far larger than the rest
         {"sizes": [7]},  # a single graph
+        {"sizes": [6, 2, 9], "in_channels": 13},  # widths that are no whole number of vectors
+        {"sizes": [6, 2, 9], "in_channels": 37, "heads": 3, "clusters": 7},
     ],
-    ids=["one-node", "heads1", "clusters1", "tau0.5", "tau3", "tau30", "one-large-graph", "single-graph"],
+    ids=["one-node", "heads1", "clusters1", "tau0.5", "tau3", "tau30", "one-large-graph", "single-graph", "width13",
+         "width37"],
 )
 def test_edge_cases_match_pyg(dtype, case):
     options = {key: value for key, value in case.items() if key != "sizes"}
     ref, ours = _pair(dtype, **options)
     sizes = case["sizes"]
-    x, batch = _batch(sizes, 16, dtype)
+    x, batch = _batch(sizes, options.get("in_channels", 16), dtype)
     _compare(ref, ours, x, batch, TOL[dtype])
 
 

@@ -313,15 +313,15 @@ std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_poole
   if (!split_key_grad && grad_S) to_x = to_x.defined() ? to_x.add_(*grad_S) : *grad_S;
   const bool heads_from_s = split_key_grad && kl_heads;
   if (to_x.defined()) {  // d||x - k||^2 / dx = 2 (x - k)
-    const auto [gd, row_sum, head] = distance_grad(to_x, S_t, S_heads, inv_d, w, tau);
-    if (!heads_from_s) grad_w = head;
+    const auto [gd, row_sum, w_grad] = distance_grad(to_x, S_t, S_heads, inv_d, w, tau);
+    if (!heads_from_s) grad_w = w_grad;
     grad_x.addcmul_(x, row_sum.unsqueeze(1), 2.0).addmm_(gd.t(), keys, 1.0, -2.0);
     if (!split_key_grad) add_key_grad(grad_keys, gd, x, keys);
   }
   if (split_key_grad && grad_S) {
-    const auto [gd, row_sum, head] = distance_grad(*grad_S, S_t, S_heads, inv_d, w, tau);
+    const auto [gd, row_sum, w_grad] = distance_grad(*grad_S, S_t, S_heads, inv_d, w, tau);
     add_key_grad(grad_keys, gd, x, keys);
-    if (heads_from_s) grad_w = head;
+    if (heads_from_s) grad_w = w_grad;
   }
   return {grad_x, grad_keys, grad_w};
 }
