@@ -38,7 +38,7 @@ from bench_epoch import timed as timed_epochs
 from mempool_cli.config import DataSpec, default_data_root, default_data_source
 from mempool_cli.data import Dataset, make_loader
 from mempool_cli.engine import train_epoch
-from mempool_cli.nn import MemPooling, kernels
+from mempool_cli.nn import MemPooling, dropout, kernels
 
 
 
@@ -88,9 +88,7 @@ def timed(runs: list, repeats: int) -> list[float]:
 
 # ---------------------------------------------------------------- 1. the layer alone
 def graph_sizes(name: str) -> np.ndarray:
-    dataset = load(name).raw
-    indicator = Path(dataset.raw_folder) / f"{name}_graph_indicator.txt"
-    return np.bincount(np.loadtxt(indicator, dtype=np.int64))[1:]
+    return np.array([graph.num_nodes for graph in load(name).source.graphs])
 
 
 def layer_batches(sizes: np.ndarray, batch_size: int, hidden: int, seed: int = 0):
@@ -180,7 +178,10 @@ class ExampleNet(nn.Module):
         per_node = {"per_node": True} if self.memory_kind == "fast" else {}
         x, S1 = self.memory[0](x, batch, batch_size=batch_size, **per_node)
         kl1 = MemPooling.kl_loss(S1, batch, batch_size) if S1.dim() == 2 else PygMemPooling.kl_loss(S1)
-        x = F.dropout(F.leaky_relu(x), p=self.dropout, training=self.training)
+        # after the memory layer, the dropout of each side's own model: mempool's cheap mask with our layer (as
+        # mempool_cli.model.MemGNN has it), torch's Bernoulli draw with PyG's (as the example has it)
+        drop = dropout if self.memory_kind == "fast" else F.dropout
+        x = drop(F.leaky_relu(x), self.dropout, self.training)
         x, S2 = self.memory[1](x)
         kl2 = MemPooling.kl_loss(S2) if self.memory_kind == "fast" else PygMemPooling.kl_loss(S2)
         return F.log_softmax(x.squeeze(1), dim=-1), torch.stack([kl1, kl2]), [S1, S2]

@@ -53,6 +53,10 @@ def _compare(ref, ours, x, batch, tol, batch_size=None):
     ((out_ref * weights).sum() + kl_ref).backward()
     ((out_ours * weights).sum() + kl_ours).backward()
     _close(x_ours.grad, x_ref.grad, tol)
+    _compare_parameter_grads(ref, ours, tol)
+
+
+def _compare_parameter_grads(ref, ours, tol):
     for (name, p_ref), p_ours in zip(ref.named_parameters(), ours.parameters()):
         if p_ours.grad is None:  # left unset only where it is exactly zero (one cluster: k and conv)
             assert ours.num_clusters == 1 and name != "lin.weight", name
@@ -135,8 +139,9 @@ def test_empty_graph_in_batch(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_dense_input_matches_pyg(dtype, with_mask):
-    ref, ours = _pair(dtype)
+@pytest.mark.parametrize("clusters", [10, 1])
+def test_dense_input_matches_pyg(dtype, with_mask, clusters):
+    ref, ours = _pair(dtype, clusters=clusters)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(4, 7, 16, generator=gen, dtype=dtype)
     mask = torch.arange(7).unsqueeze(0) < torch.tensor([[7], [3], [5], [1]]) if with_mask else None
@@ -152,8 +157,7 @@ def test_dense_input_matches_pyg(dtype, with_mask):
     (out_ref.sum() + kl_ref).backward()
     (out_ours.sum() + kl_ours).backward()
     _close(x_ours.grad, x_ref.grad, TOL[dtype])
-    for p_ref, p_ours in zip(ref.parameters(), ours.parameters()):
-        _close(p_ours.grad, p_ref.grad, TOL[dtype])
+    _compare_parameter_grads(ref, ours, TOL[dtype])
 
 
 def test_state_dict_round_trip_both_ways():

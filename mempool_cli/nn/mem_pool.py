@@ -165,7 +165,9 @@ class MemPooling(torch.nn.Module):
         self.lin.reset_parameters()
 
     def assignments(self, x: Tensor) -> Tensor:
-        """Soft cluster assignments ``S`` ``[M, K]`` of the rows of ``x`` ``[M, F]``."""
+        """Soft cluster assignments ``S`` ``[M, K]`` of the rows of ``x`` ``[M, F]`` (exactly 1 with one cluster)."""
+        if self.num_clusters == 1:
+            return x.new_ones(x.size(0), 1)
         return self._assign(x, split_key_grad=False)[0]
 
     def _flat_keys(self) -> Tuple[Tensor, Tensor]:
@@ -174,11 +176,7 @@ class MemPooling(torch.nn.Module):
 
     def _assign(self, x: Tensor, split_key_grad: bool) -> Tuple[Tensor, Tensor]:
         """``(S for pooling, S to return)``: the same values; with ``split_key_grad``, the keys learn only from
-        the second. With one cluster ``S`` is exactly 1 (a softmax over one entry): nothing to compute, and the
-        gradients of ``k`` and ``conv`` are exactly zero, so they are left unset."""
-        if self.num_clusters == 1:
-            S = x.new_ones(x.size(0), 1)
-            return S, S
+        the second."""
         S = _Assign.apply(x, *self._flat_keys(), self.num_clusters, self.tau, split_key_grad, self.kl_heads)
         return S if split_key_grad else (S, S)
 
@@ -206,6 +204,8 @@ class MemPooling(torch.nn.Module):
             ``(X', S)``: pooled features ``[B, K, F']`` and assignments ``[B, N, K]`` (padded rows zero), or
             ``[N, K]`` with ``per_node``.
         """
+        if self.num_clusters == 1:
+            return self._pool_one_cluster(x, batch, mask, max_num_nodes, batch_size, per_node)
         if x.dim() == 3:
             B, N, _ = x.shape
             S_pool, S = (s.view(B, N, -1) for s in self._assign(x.reshape(B * N, -1), self.split_key_grad))
@@ -214,12 +214,28 @@ class MemPooling(torch.nn.Module):
                 S_pool = S_pool * mask.view(B, N, 1).to(S.dtype) if self.split_key_grad else S
             return self.lin(S_pool.transpose(1, 2) @ x), S
         batch, num_graphs = _resolve_batch(batch, x.size(0), batch_size, x.device)
-        if self.num_clusters > 1 and kernels.usable(x):
+        if kernels.usable(x):
             pooled, S = kernels.AssignPool.apply(x, *self._flat_keys(), batch, num_graphs, self.num_clusters,
                                                  self.tau, self.split_key_grad, self.kl_heads)
         else:
             S_pool, S = self._assign(x, self.split_key_grad)
             pooled = segment_pool(S_pool, x, batch, num_graphs)
+        if not per_node:
+            S = to_dense_batch(S, batch, batch_size=num_graphs, max_num_nodes=max_num_nodes)[0]
+        return self.lin(pooled), S
+
+    def _pool_one_cluster(self, x: Tensor, batch: Optional[Tensor], mask: Optional[Tensor],
+                          max_num_nodes: Optional[int], batch_size: Optional[int], per_node: bool) -> Tuple[Tensor, Tensor]:
+        """:meth:`forward` with one cluster: ``S`` is exactly 1 (a softmax over one entry), so ``X'`` is each
+        graph's sum of rows times ``W``, and the gradients of ``k`` and ``conv`` are exactly zero (left unset)."""
+        if x.dim() == 3:
+            if mask is None:
+                return self.lin(x.sum(1, keepdim=True)), x.new_ones(*x.shape[:2], 1)
+            S = mask.unsqueeze(-1).to(x.dtype)
+            return self.lin((x * S).sum(1, keepdim=True)), S
+        batch, num_graphs = _resolve_batch(batch, x.size(0), batch_size, x.device)
+        pooled = x.new_zeros(num_graphs, x.size(1)).index_add(0, batch, x).unsqueeze(1)
+        S = x.new_ones(x.size(0), 1)
         if not per_node:
             S = to_dense_batch(S, batch, batch_size=num_graphs, max_num_nodes=max_num_nodes)[0]
         return self.lin(pooled), S
