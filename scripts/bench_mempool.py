@@ -19,27 +19,28 @@ import ctypes
 import functools
 import gc
 import multiprocessing
+import os
 import re
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from rich.console import Console
-from rich.table import Table
-from torch import nn
-from torch_geometric.nn import DeepGCNLayer, GATConv, global_mean_pool
-from torch_geometric.nn import MemPooling as PygMemPooling
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the mempool command sets it (threads wait briefly)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from torch import nn  # noqa: E402
+from torch_geometric.nn import DeepGCNLayer, GATConv, global_mean_pool  # noqa: E402
+from torch_geometric.nn import MemPooling as PygMemPooling  # noqa: E402
 
-from bench_epoch import Side, default_spec
-from bench_epoch import timed as timed_epochs
-from mempool_cli.config import DataSpec, default_data_root, default_data_source
-from mempool_cli.data import Dataset, make_loader
-from mempool_cli.engine import train_epoch
-from mempool_cli.nn import MemPooling, dropout, kernels
-
+from bench_epoch import Side, default_spec  # noqa: E402
+from bench_epoch import timed as timed_epochs  # noqa: E402
+from mempool_cli.config import DataSpec, default_data_root, default_data_source  # noqa: E402
+from mempool_cli.data import Dataset, make_loader  # noqa: E402
+from mempool_cli.engine import train_epoch  # noqa: E402
+from mempool_cli.nn import MemPooling, dropout, kernels  # noqa: E402
 
 
 def load(name: str) -> Dataset:
@@ -269,7 +270,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-layer", action="store_true")
     parser.add_argument("--skip-epoch", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for sections 1-3 (default 1: mempool train's default; section 4 takes 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     console = Console()
     ours = "compiled CPU kernels" if kernels.cpu_kernels() else f"PyTorch operations ({kernels.SWITCH}=0 or no build)"
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu; our layer: {ours}")
