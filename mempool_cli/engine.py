@@ -18,8 +18,10 @@ def key_counts(S: Tensor) -> Tensor:
     """How many rows of the assignments ``S`` (``[N, K]``, or padded ``[B, N, K]`` whose all-zero rows are
     padding) pick each of the K clusters as their argmax (without a copy to the host: no GPU sync per batch)."""
     rows = S.detach().reshape(-1, S.size(-1))
-    real = (rows.sum(-1) > 0).long()
-    return torch.zeros(S.size(-1), dtype=torch.long, device=S.device).index_add_(0, rows.max(-1).indices, real)
+    picks = rows.argmax(-1)
+    # per node ([N, K]) every row is a node's; padded, the all-zero rows count for nothing
+    real = torch.ones_like(picks) if S.dim() == 2 else (rows.sum(-1) > 0).long()
+    return torch.zeros(S.size(-1), dtype=torch.long, device=S.device).index_add_(0, picks, real)
 
 
 def _separate_passes(model: MemGNN, kl_schedule: str) -> Optional[tuple[list, list[list]]]:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from mempool_cli import config
 from mempool_cli.config import ModelSpec, registry
-from mempool_cli.nn import FastGINConv, MemPooling, dropout, residual_relu_dropout
+from mempool_cli.nn import FastGINConv, MemPooling, leaky_relu_dropout, residual_relu_dropout
 
 
 def _mlp(hidden: int) -> nn.Module:
@@ -191,7 +191,7 @@ class MemGNN(nn.Module):
                 h, S = layer(h, batch, batch_size=batch_size)
             kls.append(MemPooling.kl_loss(S, batch, batch_size) if S.dim() == 2 else type(layer).kl_loss(S))
             assignments.append(S)
-            h = dropout(F.leaky_relu(h), self.dropout, self.training)
+            h = leaky_relu_dropout(h, self.dropout, self.training)
         features = h.mean(dim=1)
         if self.baseline is not None:
             pooled = [pool(x, batch, size=batch_size) for pool in READOUTS[self.readout]]

@@ -40,7 +40,7 @@ from bench_epoch import timed as timed_epochs  # noqa: E402
 from mempool_cli.config import DataSpec, default_data_root, default_data_source  # noqa: E402
 from mempool_cli.data import Dataset, make_loader  # noqa: E402
 from mempool_cli.engine import train_epoch  # noqa: E402
-from mempool_cli.nn import MemPooling, dropout, kernels  # noqa: E402
+from mempool_cli.nn import MemPooling, kernels, leaky_relu_dropout  # noqa: E402
 
 
 def load(name: str) -> Dataset:
@@ -179,10 +179,12 @@ class ExampleNet(nn.Module):
         per_node = {"per_node": True} if self.memory_kind == "fast" else {}
         x, S1 = self.memory[0](x, batch, batch_size=batch_size, **per_node)
         kl1 = MemPooling.kl_loss(S1, batch, batch_size) if S1.dim() == 2 else PygMemPooling.kl_loss(S1)
-        # after the memory layer, the dropout of each side's own model: mempool's cheap mask with our layer (as
+        # after the memory layer, the dropout of each side's own model: mempool's fused step with our layer (as
         # mempool_cli.model.MemGNN has it), torch's Bernoulli draw with PyG's (as the example has it)
-        drop = dropout if self.memory_kind == "fast" else F.dropout
-        x = drop(F.leaky_relu(x), self.dropout, self.training)
+        if self.memory_kind == "fast":
+            x = leaky_relu_dropout(x, self.dropout, self.training)
+        else:
+            x = F.dropout(F.leaky_relu(x), self.dropout, self.training)
         x, S2 = self.memory[1](x)
         kl2 = MemPooling.kl_loss(S2) if self.memory_kind == "fast" else PygMemPooling.kl_loss(S2)
         return F.log_softmax(x.squeeze(1), dim=-1), torch.stack([kl1, kl2]), [S1, S2]

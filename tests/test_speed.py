@@ -1,6 +1,6 @@
 """The faster paths of a training epoch compute what the slower ones did: batches gathered from packed tensors
-equal PyG's collation, the cheap dropout mask is dropout, the compiled GIN aggregation and residual step give
-the same bits as the operations they replace, the optimiser step is fused."""
+equal PyG's collation, the cheap dropout mask is dropout, the compiled GIN aggregation, residual step and memory
+output step give the same bits as the operations they replace, the optimiser step is fused."""
 from __future__ import annotations
 
 import copy
@@ -17,7 +17,7 @@ from mempool_cli.data import GraphLoader
 from mempool_cli.engine import train_epoch
 from mempool_cli.loop import TrainState
 from mempool_cli.model import MemGNN, _mlp
-from mempool_cli.nn import FastGINConv, dropout, kernels, residual_relu_dropout
+from mempool_cli.nn import FastGINConv, dropout, kernels, leaky_relu_dropout, residual_relu_dropout
 
 
 def graphs(with_edge_attr: bool, count: int = 23) -> list[Data]:
@@ -147,9 +147,31 @@ def test_residual_step_gives_the_bits_of_its_operations(implementation, dtype, s
     assert torch.equal(residual_relu_dropout(x, h, 0.0), x + F.relu(h))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(140, 10, 100), (3, 1, 5)])  # more elements than a parallel task takes, and few
+@pytest.mark.parametrize("p", [0.5, 0.1])  # a kept value's scale exactly 2, and one that rounds
+def test_memory_output_step_gives_the_bits_of_its_operations(implementation, dtype, shape, p):
+    """dropout(leaky_relu(h)) in one pass: the same output, gradient and random draws (the generator's state
+    after) as the two operations, where the gradient of a negative entry rounds twice (mask, then slope)."""
+    generator = torch.Generator().manual_seed(3)
+    h, grad = (torch.randn(*shape, dtype=dtype, generator=generator) for _ in range(2))
+    results = []
+    for step in (lambda b: dropout(F.leaky_relu(b), p), lambda b: leaky_relu_dropout(b, p)):
+        b = h.clone().requires_grad_()
+        torch.manual_seed(5)
+        out = step(b)
+        out.backward(grad)
+        results.append([out, b.grad, torch.rand(3)])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    kept = results[1][0] != 0
+    assert abs(kept.double().mean().item() - (1 - p)) < 0.2
+    assert torch.equal(leaky_relu_dropout(h, p, training=False), F.leaky_relu(h))
+    assert torch.equal(leaky_relu_dropout(h, 0.0), F.leaky_relu(h))
+
+
 def test_training_gives_the_same_bits_as_pygs_gin_and_plain_operations(monkeypatch):
     """Two epochs of a model with the compiled encoder kernels and of its copy with PyG's GINConv and the plain
-    residual step end on the same parameters, bit for bit: the gradients meeting at a node add up in the same
+    residual and memory output steps end on the same parameters, bit for bit: the gradients meeting at a node add up in the same
     order as before."""
     assert kernels.cpu_kernels() is not None
     torch.manual_seed(0)
@@ -160,8 +182,10 @@ def test_training_gives_the_same_bits_as_pygs_gin_and_plain_operations(monkeypat
         slow.convs[i] = pyg_nn.GINConv(conv.nn, train_eps=True)  # which resets the weights: restored below
         slow.convs[i].load_state_dict(fast.convs[i].state_dict())
     data = graphs(False, count=40)
-    for model, residual in ((fast, residual_relu_dropout), (slow, lambda x, h, p, t: x + dropout(F.relu(h), p, t))):
+    plain = (lambda x, h, p, t: x + dropout(F.relu(h), p, t), lambda h, p, t: dropout(F.leaky_relu(h), p, t))
+    for model, (residual, output) in ((fast, (residual_relu_dropout, leaky_relu_dropout)), (slow, plain)):
         monkeypatch.setattr(model_module, "residual_relu_dropout", residual)
+        monkeypatch.setattr(model_module, "leaky_relu_dropout", output)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         loader = GraphLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
         torch.manual_seed(1)

@@ -42,12 +42,24 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     return x * (keep.to(x.dtype) * scale)
 
 
+def _fusable(p: float, training: bool, x: Tensor) -> bool:
+    """Whether a fused dropout step may run on ``x``: training, a mask that keeps something, the compiled kernels."""
+    return training and p != 0.0 and round(p * LEVELS) < LEVELS and kernels.usable(x)
+
+
 def residual_relu_dropout(x: Tensor, h: Tensor, p: float, training: bool = True) -> Tensor:
     """``x + dropout(relu(h), p, training)``. On the CPU with the compiled kernels, one pass
     (:class:`~mempool_cli.nn.kernels.ResidualReluDropout`) that draws the same mask and computes the same values
     to the bit as the three operations, instead of eight elementwise passes forward and back."""
-    dropped = round(p * LEVELS)
-    if (not training or p == 0.0 or dropped >= LEVELS or not kernels.usable(x) or h.shape != x.shape
-            or h.dtype != x.dtype):
+    if not _fusable(p, training, x) or h.shape != x.shape or h.dtype != x.dtype:
         return x + dropout(F.relu(h), p, training)
-    return kernels.ResidualReluDropout.apply(x, h, _draws(x.numel()), *_keep_rule(dropped))
+    return kernels.ResidualReluDropout.apply(x, h, _draws(x.numel()), *_keep_rule(round(p * LEVELS)))
+
+
+def leaky_relu_dropout(h: Tensor, p: float, training: bool = True, slope: float = 0.01) -> Tensor:
+    """``dropout(leaky_relu(h, slope), p, training)``. On the CPU with the compiled kernels, one pass forward and
+    one back (:class:`~mempool_cli.nn.kernels.LeakyReluDropout`) with the same mask and, to the bit, the same
+    values and gradients as the two operations."""
+    if not _fusable(p, training, h):
+        return dropout(F.leaky_relu(h, slope), p, training)
+    return kernels.LeakyReluDropout.apply(h, _draws(h.numel()), *_keep_rule(round(p * LEVELS)), slope)

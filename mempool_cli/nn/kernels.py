@@ -1,5 +1,5 @@
-"""Compiled CPU kernels for :class:`~mempool_cli.nn.MemPooling` (``csrc/mem_pool.cpp``) and
-:class:`~mempool_cli.nn.FastGINConv` (``csrc/encoder.cpp``).
+"""Compiled CPU kernels for :class:`~mempool_cli.nn.MemPooling` (``csrc/mem_pool.cpp``),
+:class:`~mempool_cli.nn.FastGINConv` (``csrc/encoder.cpp``) and the dropout steps (``csrc/dropout.cpp``).
 
 Built with PyTorch's extension builder on first use (about half a minute) and cached in
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Where they cannot be built (no C++ compiler or
@@ -23,7 +23,7 @@ from mempool_cli.artifacts import waiting_lock
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("mem_pool.cpp", "encoder.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("mem_pool.cpp", "encoder.cpp", "dropout.cpp")]
 SWITCH = "MEMPOOL_COMPILED_KERNELS"
 # held while building or loading: PyTorch's own lock file outlives a build that is killed (every later run
 # would wait for it forever); this one is released when its holder exits
@@ -145,3 +145,21 @@ class ResidualReluDropout(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (multiplier,) = ctx.saved_tensors
         return grad, grad * multiplier, None, None, None
+
+
+class LeakyReluDropout(torch.autograd.Function):
+    """``leaky_relu(h, slope) * mask``, the mask of inverted dropout from the int16 ``draws`` (kept where ``draws >=
+    threshold``, scaled by ``scale``) (compiled, CPU)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, draws: Tensor, threshold: int, scale: float, slope: float) -> Tensor:
+        out, mask = cpu_kernels().leaky_relu_dropout(h, draws, threshold, scale, slope)
+        ctx.save_for_backward(h, mask)
+        ctx.slope = slope
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        h, mask = ctx.saved_tensors
+        return cpu_kernels().leaky_relu_dropout_backward(grad, h, mask, ctx.slope), None, None, None, None

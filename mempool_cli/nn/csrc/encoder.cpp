@@ -1,8 +1,6 @@
 // CPU kernels of the encoder. GIN's sum over each node's neighbours (mempool_cli.nn.FastGINConv) over a CSR
 // adjacency, one pass over the rows instead of PyG's gather of every edge's message and scatter-add (two [E, F]
-// tensors), summed in edge order from zero as the scatter-add sums, so the results are the same to the bit. And
-// the residual step x + dropout(relu(h)) in one pass (mempool_cli.nn.residual_relu_dropout), with the same
-// arithmetic as the operations it replaces.
+// tensors), summed in edge order from zero as the scatter-add sums, so the results are the same to the bit.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
@@ -15,8 +13,7 @@ namespace {
 
 // Work per parallel task: a PROTEINS batch (about 1250 nodes, 80,000 elements) stays on one thread, since waking a
 // second one cost more than it saved there (2 threads: 0.181 -> 0.158 s an epoch); DD's and REDDIT's batches split.
-constexpr int64_t kRowGrain = 2048;        // rows
-constexpr int64_t kElementGrain = 131072;  // elements
+constexpr int64_t kRowGrain = 2048;  // rows
 
 // Stable counting sort of the edges by `key`: the start of each node's edges [N + 1] and, in that order, the
 // other end of each edge [E].
@@ -71,34 +68,6 @@ Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbour
     });
   });
   return out;
-}
-
-std::vector<Tensor> residual_relu_dropout(const Tensor& x, const Tensor& h, const Tensor& draws, int64_t threshold,
-                                          double scale) {
-  TORCH_CHECK(x.sizes() == h.sizes() && x.scalar_type() == h.scalar_type(), "x and h must match");
-  TORCH_CHECK(draws.scalar_type() == at::kShort && draws.numel() >= x.numel(), "draws must be int16 [>= numel]");
-  const Tensor xc = x.contiguous(), hc = h.contiguous(), dc = draws.contiguous();
-  Tensor out = torch::empty_like(xc), multiplier = torch::empty_like(xc);
-  const int64_t n = xc.numel();
-  const int16_t* d = dc.data_ptr<int16_t>();
-  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "residual_relu_dropout", [&] {
-    const scalar_t* xp = xc.data_ptr<scalar_t>();
-    const scalar_t* hp = hc.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    scalar_t* mp = multiplier.data_ptr<scalar_t>();
-    const scalar_t kept = static_cast<scalar_t>(scale);
-    at::parallel_for(0, n, kElementGrain, [=](int64_t begin, int64_t end) {  // by value: no aliasing
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t mask = d[i] >= threshold ? kept : scalar_t(0);  // the dropout mask, scaled
-        const scalar_t relu = hp[i] < 0 ? scalar_t(0) : hp[i];           // NaN stays NaN, as in clamp_min
-        op[i] = relu * mask;
-        mp[i] = hp[i] > 0 ? mask : scalar_t(0);                         // d out / d h
-      }
-      // the residual sum in a pass of its own: the product is rounded first (no FMA), as the operations round it
-      for (int64_t i = begin; i < end; ++i) op[i] = xp[i] + op[i];
-    });
-  });
-  return {out, multiplier};
 }
 
 }  // namespace mempool

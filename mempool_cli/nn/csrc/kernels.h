@@ -23,4 +23,10 @@ Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbour
 std::vector<Tensor> residual_relu_dropout(const Tensor& x, const Tensor& h, const Tensor& draws, int64_t threshold,
                                           double scale);
 
+// The memory layers' output step out = leaky_relu(h, slope) * mask, mask = (draws >= threshold ? scale : 0) per
+// element: (out, mask); and its backward, the gradient of h from that of out.
+std::vector<Tensor> leaky_relu_dropout(const Tensor& h, const Tensor& draws, int64_t threshold, double scale,
+                                       double slope);
+Tensor leaky_relu_dropout_backward(const Tensor& grad, const Tensor& h, const Tensor& mask, double slope);
+
 }  // namespace mempool

@@ -1,7 +1,7 @@
 // CPU kernels of mempool_cli.nn.MemPooling for node-list input: the soft assignment fused with the per-graph
 // pooling, and the KL loss, each forward and backward in one call (the same formulas as the PyTorch code in
 // mem_pool.py, which stays the reference and serves every other device). Rows are nodes; `batch` is sorted.
-// The module binds encoder.cpp's kernels (declared in kernels.h) too.
+// The module binds encoder.cpp's and dropout.cpp's kernels (declared in kernels.h) too.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
@@ -419,4 +419,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adjacency", &mempool::adjacency);
   m.def("neighbour_sum", &mempool::neighbour_sum);
   m.def("residual_relu_dropout", &mempool::residual_relu_dropout);
+  m.def("leaky_relu_dropout", &mempool::leaky_relu_dropout);
+  m.def("leaky_relu_dropout_backward", &mempool::leaky_relu_dropout_backward);
 }
