@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -57,21 +58,32 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def start_worker(threads: int, parent: int) -> None:
-    """A worker's set-up: its share of the threads, and a watch on its parent."""
+_shared: tuple = ()  # in a worker: the arguments that every fold's call begins with, received once
+
+
+def start_worker(threads: int, parent: int, shared: bytes) -> None:
+    """A worker's set-up: its share of the threads, a watch on its parent, and the folds' common arguments (pickled:
+    their tensors are copied, not shared, since a new process could not be handed a storage twice)."""
+    global _shared
     set_threads(threads)
+    _shared = pickle.loads(shared)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-def run_parallel(run_fold: Callable[..., dict[str, Any]], jobs: list[tuple[int, tuple]], workers: int,
+def _call(run_fold: Callable[..., dict[str, Any]], args: tuple) -> dict[str, Any]:
+    return run_fold(*_shared, *args)
+
+
+def run_parallel(run_fold: Callable[..., dict[str, Any]], shared: tuple, jobs: list[tuple[int, tuple]], workers: int,
                  threads: Optional[int]) -> dict[int, dict[str, Any]]:
-    """``run_fold(*args)`` for every ``(fold, args)`` of ``jobs`` on ``workers`` processes; the metrics by fold.
-    The first failure stops the others and is raised."""
+    """``run_fold(*shared, *args)`` for every ``(fold, args)`` of ``jobs`` on ``workers`` processes; the metrics by
+    fold. ``shared`` (the dataset, say) goes to each worker once, not with every fold. The first failure stops the
+    others and is raised."""
     results: dict[int, dict[str, Any]] = {}
     context = get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
-                             initargs=(threads or 1, os.getpid())) as pool:
-        futures = {pool.submit(run_fold, *args): fold for fold, args in jobs}
+                             initargs=(threads or 1, os.getpid(), pickle.dumps(shared))) as pool:
+        futures = {pool.submit(_call, run_fold, args): fold for fold, args in jobs}
         try:
             for future in as_completed(futures):
                 results[futures[future]] = future.result()

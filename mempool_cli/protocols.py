@@ -155,8 +155,8 @@ def _run_folds(spec: RunSpec, run_dir: Path, dataset: Dataset, folds: list[dict]
     results: dict[int, dict[str, Any]] = {}
     if workers > 1:
         log.info("training %d folds, %d at once", len(pending), workers)
-        jobs = [(i, (spec, run_dir, dataset, i, folds[i], meta, progress is not None)) for i in pending]
-        results = run_parallel(_fold_worker, jobs, workers, spec.threads)
+        jobs = [(i, (i, folds[i], meta, progress is not None)) for i in pending]
+        results = run_parallel(_fold_worker, (spec, run_dir, dataset), jobs, workers, spec.threads)
     per_fold = [{"fold": i, **(results.get(i) or _run_fold(spec, run_dir, dataset, i, split, meta, progress))}
                 for i, split in enumerate(folds)]
     summary = {"dataset": dataset.name, "protocol": "kfold", **summarize_folds(per_fold), "per_fold": per_fold}

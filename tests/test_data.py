@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import json
+import operator
+import pickle
 
 import pytest
 import torch
 
 from mempool_cli.artifacts import write_json
 from mempool_cli.data.features import featurize, fit_feature_stats
+from mempool_cli.data.source import SourceGraphs, graph
 from mempool_cli.data.splits import holdout_split, kfold_splits, read_split_file, split_metadata
 from mempool_cli.data.tu import load_tudataset
 from conftest import SHARED_TU
 from mempool_cli.errors import DataError
+from mempool_cli.parallel import run_parallel
 
 RECIPE = {"name": "TINY", "node_attributes": True, "node_labels": True, "degree": "none", "max_degree": 4}
 
@@ -106,3 +110,39 @@ def test_split_file_mismatch_is_refused(tmp_path):
 def test_class_names_are_the_labels_as_written(tmp_path):
     mutag = load_tudataset("MUTAG", str(tmp_path / "cache"), str(SHARED_TU), "http://127.0.0.1:9")
     assert mutag.class_names == ["-1", "1"]
+
+
+def _same_graphs(a: SourceGraphs, b: SourceGraphs) -> bool:
+    def same(u, v):
+        return torch.equal(u, v) and u.dtype == v.dtype if torch.is_tensor(u) else u == v
+    return len(a) == len(b) and all(
+        sorted(g.keys()) == sorted(h.keys()) and g.num_nodes == h.num_nodes and all(same(g[k], h[k]) for k in g.keys())
+        for g, h in zip(a.graphs, b.graphs))
+
+
+def test_source_graphs_pickle_collated_and_come_back_the_same(tiny):
+    packed = pickle.dumps(tiny)
+    # each graph's tensors are views of the dataset's few large ones: pickled one graph at a time, every view would
+    # write its large storage again (48 times here)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for g in tiny.graphs for t in g.values() if torch.is_tensor(t)}
+    assert len(packed) < 2 * sum(storages.values()) + 20_000
+    back = pickle.loads(packed)
+    assert _same_graphs(tiny, back) and back.ids == tiny.ids and back.class_names == tiny.class_names
+    assert torch.equal(back.labels, tiny.labels)
+
+
+def test_source_graphs_with_other_fields_per_graph_pickle_as_they_are():
+    ring = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    graphs = [graph(ring, 3, 0), graph(ring, 3, 1, edge_cat=torch.zeros(3, 1)), graph(torch.zeros(2, 0).long(), 1, 0)]
+    graphs[0].structure = "a molecule block"
+    source = SourceGraphs("mixed", graphs, ["a", "b", "c"], ["0", "1"])
+    assert _same_graphs(source, pickle.loads(pickle.dumps(source)))
+    alike = SourceGraphs("alike", [graphs[1], graph(torch.zeros(2, 0).long(), 2, 1, edge_cat=torch.zeros(0, 1))],
+                         ["b", "d"], ["0", "1"])
+    back = pickle.loads(pickle.dumps(alike))
+    assert _same_graphs(alike, back) and back.graphs[1].num_nodes == 2  # an isolated pair: nodes without edges
+
+
+def test_parallel_workers_get_the_shared_arguments_before_each_jobs_own():
+    assert run_parallel(operator.sub, (10,), [(0, (1,)), (1, (4,)), (2, (7,))], 2, 1) == {0: 9, 1: 6, 2: 3}

@@ -350,7 +350,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_fold_workers_exit_when_their_parent_is_killed():
-    code = "import time; from mempool_cli.parallel import run_parallel; run_parallel(time.sleep, [(0, (120,))], 1, 1)"
+    code = "import time; from mempool_cli.parallel import run_parallel; run_parallel(time.sleep, (), [(0, (120,))], 1, 1)"
     parent = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 60
     while not _children(parent.pid) and time.monotonic() < deadline:

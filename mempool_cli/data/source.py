@@ -15,6 +15,8 @@ from typing import Any, Hashable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
+from torch_geometric.data.collate import collate
+from torch_geometric.data.separate import separate
 
 from mempool_cli.errors import DataError
 
@@ -40,6 +42,23 @@ class SourceGraphs:
 
     def __len__(self) -> int:
         return len(self.graphs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the graphs collated into one tensor a field, as PyG stores a dataset: a graph's tensors are
+        views of a few large ones or small ones of their own, and a pickle would write the large ones once a graph,
+        a worker process receive the small ones one shared storage at a time."""
+        state = dict(self.__dict__)
+        if len({tuple(sorted(g.keys())) for g in self.graphs}) == 1:
+            data, slices, _ = collate(Data, data_list=self.graphs, increment=False, add_batch=False)
+            state["graphs"] = (data, slices, len(self.graphs))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["graphs"], tuple):
+            data, slices, count = state["graphs"]
+            state["graphs"] = [separate(Data, batch=data, idx=i, slice_dict=slices, decrement=False)
+                               for i in range(count)]
+        self.__dict__.update(state)
 
     def part(self, name: str) -> "SourceGraphs":
         """The graphs (and the unreadable entries) in one part of the input's split; value tables kept."""
