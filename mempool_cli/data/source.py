@@ -44,9 +44,9 @@ class SourceGraphs:
         return len(self.graphs)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled with the graphs collated into one tensor a field, as PyG stores a dataset: a graph's tensors are
-        views of a few large ones or small ones of their own, and a pickle would write the large ones once a graph,
-        a worker process receive the small ones one shared storage at a time."""
+        """The graphs pickled collated, one tensor a field (as PyG stores a dataset). Graph by graph, a view into
+        the dataset's large tensors would write the whole large tensor again, and a worker process would receive
+        every graph's small tensors one at a time."""
         state = dict(self.__dict__)
         if len({tuple(sorted(g.keys())) for g in self.graphs}) == 1:
             data, slices, _ = collate(Data, data_list=self.graphs, increment=False, add_batch=False)
