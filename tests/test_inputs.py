@@ -23,6 +23,7 @@ from test_core import spec_of
 
 MOLECULES = SHARED_TU.parent / "molecules"
 SOLUBILITY = MOLECULES / "solubility.csv"
+NEEDS_MOLECULES = pytest.mark.skipif(not MOLECULES.is_dir(), reason="needs ../shared/data/molecules")
 QUICK = ["model=small", "train.epochs=3", "train.batch_size=32", "train.progress=false"]
 pytest.importorskip("rdkit")
 
@@ -46,6 +47,8 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def solubility_run(tmp_path_factory):
     """The solubility CSV trained with its own split column (3 epochs)."""
+    if not MOLECULES.is_dir():
+        pytest.skip("needs ../shared/data/molecules")
     run = tmp_path_factory.mktemp("solubility") / "run"
     metrics = _train(["dataset=molecules", f"dataset.path={SOLUBILITY}", "dataset.label_column=solubility_class",
                       "dataset.split_column=split", "dataset.id_column=name"], run)
@@ -91,6 +94,7 @@ def test_eval_rebuilds_molecule_features_from_the_checkpoint(solubility_run):
     assert result["accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-6)
 
 
+@NEEDS_MOLECULES
 def test_sdf_with_the_label_as_a_property_and_unseen_elements_counted(tmp_path):
     run = tmp_path / "run"
     _train(["dataset=molecules", f"dataset.path={MOLECULES / 'solubility.test.sdf'}",
