@@ -55,12 +55,14 @@ def reference_package(rev: str) -> str:
 
 
 def default_spec(dataset: str, *overrides: str):
-    """The run spec of ``mempool train dataset=<dataset> ~tuned [overrides]`` in this checkout: the generic default
-    model, the one the README's figures were measured with (a dataset's tuned settings may change the model, e.g.
-    ENZYMES' width)."""
+    """The run spec of ``mempool train dataset=<dataset> ~tuned model.dropout=0.5 [overrides]`` in this checkout:
+    the model the README's figures were measured with, the generic defaults until 2026-12-07 and PROTEINS' shipped
+    config (a dataset's tuned settings may change the model, e.g. ENZYMES' width; the generic defaults have had no
+    dropout since)."""
     register_configs()
     with initialize_config_module(config_module="mempool_cli.configs", version_base="1.3"):
-        return resolve(compose(config_name="config", overrides=[f"dataset={dataset}", "~tuned", *overrides]))
+        return resolve(compose(config_name="config", overrides=[f"dataset={dataset}", "~tuned", "model.dropout=0.5",
+                                                                *overrides]))
 
 
 class Side:

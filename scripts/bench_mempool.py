@@ -4,8 +4,9 @@
 2. a training epoch on PROTEINS with the architecture of PyG's examples/mem_pool.py: that example's loop
    (PyG layer, its two-phase KL step) against the trainer's loop (our layer, one forward per batch);
 3. the limit: the same encoder with a global mean-pool readout instead of the memory layers;
-4. mempool's own default model (``mempool train dataset=PROTEINS ~tuned``, one thread) against the same model with
-   its memory replaced by a sum over the nodes (``model.memory.clusters=[1]``): what the memory costs a user's epoch.
+4. mempool's own PROTEINS model (``mempool train dataset=PROTEINS``, one thread: :func:`bench_epoch.default_spec`)
+   against the same model with its memory replaced by a sum over the nodes (``model.memory.clusters=[1]``): what the
+   memory costs a user's epoch.
 
 Timings take the sides in turn in every repeat and keep the median of --repeats; peak memory is the peak growth
 of the resident set of a fresh process that runs one epoch of that side alone.

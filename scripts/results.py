@@ -41,12 +41,17 @@ DATASETS = ["MUTAG", "PROTEINS", "PROTEINS_full", "ENZYMES", "NCI1", "IMDB-BINAR
 # the defaults before the clustering work: the memory input unnormalised, tau 1, uniform keys, PyG's head weights
 FLAT = ["model.memory.norm=none", "model.memory.radius=3", "model.memory.tau=1", "model.memory.key_init=uniform",
         "model.memory.head_init=null"]
-# name: (what it is, overrides on top of the generic defaults: configs/model/default.yaml without a dataset's
-# tuned settings; the ablation's configurations with keys not reseeded: UNRESEEDED). `default` is the shipped
-# config: the generic defaults and the dataset's tuned file, if any.
+# What every configuration below but `default` goes on top of (with ``~tuned``): the generic defaults they all ran
+# on, which had dropout 0.5 until 2026-12-07. The generic defaults since have no dropout (the `drop0` candidate):
+# the candidate with the best mean validation accuracy over the datasets where it and `generic` both ran
+# (:func:`generic_choice`; the README says which runs).
+TUNING_BASE = ["model.dropout=0.5"]
+# name: (what it is, overrides on top of TUNING_BASE; the ablation's configurations with keys not reseeded:
+# UNRESEEDED). `default` is the shipped config: the generic defaults and the dataset's tuned file, if any.
 CONFIGS = {
     "default": ("the shipped defaults: the chosen candidate", []),
-    "generic": ("the generic defaults: sharp memory + summed-input path + KL loss, dropout 0.5", []),
+    "generic": ("the generic defaults until 2026-12-07: sharp memory + summed-input path + KL loss, dropout 0.5",
+                []),
     "unreseeded": ("the generic defaults, the ablation's base", []),
     "drop02": ("dropout 0.2", ["model.dropout=0.2"]),
     "drop0": ("no dropout", ["model.dropout=0.0"]),
@@ -62,6 +67,9 @@ CONFIGS = {
     "assign_wider_drop02": ("dropout 0.2, width 256, head weights learned from the KL loss",
                             ["model.dropout=0.2", "model.hidden=256", "model.memory.hidden=256",
                              "train.kl_schedule=assign"]),
+    "assign_wider_drop0": ("no dropout, width 256, head weights learned from the KL loss",
+                           ["model.dropout=0.0", "model.hidden=256", "model.memory.hidden=256",
+                            "train.kl_schedule=assign"]),
     "no_kl": ("without the KL loss", ["train.kl_weight=0"]),
     "assign": ("head weights learned from the KL loss too", ["train.kl_schedule=assign"]),
     "no_path": ("without the summed-input path", ["model.readout=none"]),
@@ -75,12 +83,13 @@ CONFIGS = {
 # The candidates for a dataset's shipped config (--tune): the generic defaults and variants that keep every part of
 # the model. The ablation's other configurations take a part away to show what it adds; they are not candidates.
 CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02", "drop0",
-              "assign_wide_drop0", "assign_wider_drop02")
+              "assign_wide_drop0", "assign_wider_drop02", "assign_wider_drop0")
 # the ablation's configurations leave starved keys where they are (as before reseeding was a default); the
 # candidates reseed them, as the generic defaults do
 UNRESEEDED = ["model.memory.reseed=0"]
 CLUSTERED = 0.5  # a candidate must cluster: its first memory layer's mean max assignment at least this (K=10)
-TUNED = Path(__file__).resolve().parents[1] / "configs" / "tuned"
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+TUNED = CONFIG_ROOT / "tuned"
 
 # Errica et al., "A Fair Comparison of Graph Neural Networks for Graph Classification" (ICLR 2020): stratified
 # 10-fold CV, model selection inside the training folds, mean +- std of test accuracy (%): the best row.
@@ -100,11 +109,11 @@ def raw_present(name: str) -> bool:
 
 
 def generic_base(config: str) -> list[str]:
-    """What a configuration's overrides go on top of: nothing for the shipped defaults, the generic defaults
-    (``~tuned``) for the candidates, and the generic defaults without reseeding for the ablation."""
+    """What a configuration's overrides go on top of: nothing for the shipped defaults, TUNING_BASE (``~tuned``)
+    for the candidates, and TUNING_BASE without reseeding for the ablation."""
     if config == "default":
         return []
-    return ["~tuned"] if config in CANDIDATES else ["~tuned", *UNRESEEDED]
+    return ["~tuned", *TUNING_BASE] if config in CANDIDATES else ["~tuned", *TUNING_BASE, *UNRESEEDED]
 
 
 def reseeded(run: Path) -> bool:
@@ -172,9 +181,9 @@ def candidate_wins(out: Path, name: str, folds: int) -> dict[str, int]:
 
 
 def chosen_config(wins: dict[str, int], configs: dict[str, dict]) -> Optional[str]:
-    """The candidate the per-fold selection picks most often (``wins``: :func:`candidate_wins`). A tie keeps the
-    generic defaults when they are among the tied, else goes to the best mean validation accuracy (then to the
-    earlier candidate). None without a selection."""
+    """The candidate the per-fold selection picks most often (``wins``: :func:`candidate_wins`). A tie keeps
+    `generic` (the incumbent: what every dataset shipped before it was tuned) when it is among the tied, else goes
+    to the best mean validation accuracy (then to the earlier candidate). None without a selection."""
     if not wins:
         return None
     tied = [config for config in CANDIDATES if wins.get(config) == max(wins.values())]
@@ -183,14 +192,44 @@ def chosen_config(wins: dict[str, int], configs: dict[str, dict]) -> Optional[st
     return max(tied, key=lambda config: (round(configs[config]["val_acc"], 6), -CANDIDATES.index(config)))
 
 
+def generic_choice(out: Path, names: list[str], folds: int) -> Optional[str]:
+    """The rule for the generic defaults: among the candidates that finished every fold and cluster on every one
+    of the datasets ``names``, the best mean over them of the mean validation accuracy; None where none did."""
+    means = {}
+    for config in CANDIDATES:
+        done = [memory_folds(out / name / config) for name in names]
+        if all(len(rows) == folds and mean_max_assignment(rows) >= CLUSTERED for rows in done):
+            means[config] = sum(fold_summary(rows)["val_acc"] for rows in done) / len(names)
+    return max(means, key=means.get) if means else None
+
+
+def generic_value(key: str):
+    """A setting's value in the generic defaults (``model.dropout``: configs/model/default.yaml's ``dropout``)."""
+    group, _, rest = key.partition(".")
+    return OmegaConf.select(OmegaConf.load(CONFIG_ROOT / group / "default.yaml"), rest)
+
+
+def tuned_settings(config: str) -> dict:
+    """A candidate's settings (TUNING_BASE and its overrides, the later winning) that differ from the generic
+    defaults, by dotted key."""
+    settings = {key: yaml.safe_load(value) for key, value in
+                (item.split("=", 1) for item in [*TUNING_BASE, *CONFIGS[config][1]])}
+    return {key: value for key, value in settings.items() if value != generic_value(key)}
+
+
 def ship(name: str, config: str) -> None:
-    """Make ``config`` the dataset's tuned config: write its overrides to configs/tuned/NAME/default.yaml (none for
-    the generic defaults). The shipped config is that on top of the generic defaults: the candidate itself."""
+    """Make ``config`` the dataset's tuned config: write its :func:`tuned_settings` to
+    configs/tuned/NAME/default.yaml (no file where there are none). The shipped config is that on top of the
+    generic defaults: the candidate itself."""
     target = TUNED / name / "default.yaml"
-    if config == "generic":
+    settings = tuned_settings(config)
+    if not settings:
         target.unlink(missing_ok=True)
     else:
-        tree = OmegaConf.to_container(OmegaConf.from_dotlist(CONFIGS[config][1]))
+        tree = OmegaConf.create()
+        for key, value in settings.items():
+            OmegaConf.update(tree, key, value)
+        tree = OmegaConf.to_container(tree)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(target, f"# @package _global_\n# {name}: {CONFIGS[config][0]} (`{config}`), chosen by "
                              "scripts/results.py --tune from 10-fold validation accuracy (the rule and the figures: "
@@ -363,15 +402,16 @@ def write_table(out: Path, names: list[str], folds: int, overrides: list[str], t
                      "selection picks most often (in each fold, the best validation accuracy), as "
                      "`configs/tuned/NAME/default.yaml`. Only candidates whose memory clusters can be chosen (mean max "
                      "assignment at least 0.5: the product's requirement, a property of the inputs measured on the "
-                     "test folds' graphs without their labels). A tie keeps the generic defaults when they are among "
-                     "the tied (a change must win more folds), else goes to the best mean validation accuracy. Test "
-                     "labels play no part. The candidates are the generic defaults, which reseed starved keys "
+                     "test folds' graphs without their labels). A tie keeps `generic` when it is among the tied (a "
+                     "change must win more folds), else goes to the best mean validation accuracy. Test labels play "
+                     "no part. The candidates are `generic` (the generic defaults of these runs: dropout 0.5; the "
+                     "generic defaults have had none since 2026-12-07, as `drop0`), which reseeds starved keys "
                      "(`model.memory.reseed=0.01`), with their overrides, so the chosen candidate's runs are the "
                      "shipped defaults' runs; † marks a candidate that ran before reseeding was a default, without it. "
                      "Mean validation accuracy +- std, and (in brackets) the folds where the selection picked it:",
                      ["dataset", *(f"`{c}`" for c in CANDIDATES), "shipped"], choice_rows(out, results, wins_by))
     lines += section("Ablation: what the memory layers add",
-                     "Each configuration is the generic defaults with one part changed, on the same folds; the "
+                     "Each configuration is `generic` (dropout 0.5) with one part changed, on the same folds; the "
                      "ablation's configurations (those that take a part away) leave starved keys where they are "
                      "(`model.memory.reseed=0`, as before reseeding was a default), and so does every row marked so; "
                      "the shipped defaults in bold. Sharpness is the first memory layer's mean "
@@ -438,6 +478,8 @@ def main() -> None:
         if chosen is not None:
             ship(name, chosen)
             print(f"{name}: ships {chosen}")
+    if args.tune and len(args.datasets) > 1:
+        print(f"the generic defaults by their rule: {generic_choice(args.out, args.datasets, args.folds)}")
     table()
     print(f"wrote {args.table}")
 

@@ -270,7 +270,7 @@ def test_results_verdict_shows_how_far_ahead_or_behind_the_defaults_are():
 def test_results_tune_ships_the_candidate_picked_most_often_as_a_tuned_file(tmp_path, monkeypatch):
     """The results script ships the candidate the per-fold selection picks most often (a tie keeps the generic
     defaults, else goes to the best mean validation accuracy); its tuned file composes to that candidate's
-    overrides; the generic defaults winning removes the file."""
+    settings that differ from the generic defaults; a candidate equal to them removes the file."""
     from omegaconf import OmegaConf
 
     from test_core import _leaves, compose_cfg
@@ -289,7 +289,10 @@ def test_results_tune_ships_the_candidate_picked_most_often_as_a_tuned_file(tmp_
     assert leaves["train.kl_schedule"] == "assign" and leaves["model.memory.hidden"] == 128 and len(leaves) == 4
     assert all(OmegaConf.select(composed, key) == value for key, value in leaves.items())
     assert OmegaConf.select(composed, "model.memory.reseed") == 0.01  # the shipped config reseeds: its own runs
-    script.ship("X", "generic")
+    script.ship("X", "generic")  # the candidates' base, dropout 0.5: no longer the generic defaults
+    assert yaml.safe_load((tmp_path / "tuned" / "X" / "default.yaml").read_text()) == {"model": {"dropout": 0.5}}
+    assert compose_cfg(["~tuned"]).model.dropout == 0.0
+    script.ship("X", "drop0")  # the generic defaults themselves
     assert not (tmp_path / "tuned" / "X" / "default.yaml").exists()
 
 
@@ -301,8 +304,8 @@ def test_results_runs_candidates_on_the_generic_defaults_the_ablation_unreseeded
     for config in ("drop02", "no_kl", "default"):
         script.run_config("X", config, tmp_path, 10, ["threads=1"])
     candidate, ablation, shipped = (command[3:] for command in commands)
-    assert candidate[-3:] == ["~tuned", "model.dropout=0.2", "threads=1"]
-    assert ablation[-4:] == ["~tuned", "model.memory.reseed=0", "train.kl_weight=0", "threads=1"]
+    assert candidate[-4:] == ["~tuned", "model.dropout=0.5", "model.dropout=0.2", "threads=1"]
+    assert ablation[-5:] == ["~tuned", "model.dropout=0.5", "model.memory.reseed=0", "train.kl_weight=0", "threads=1"]
     assert "~tuned" not in shipped and not any("reseed" in arg for arg in shipped)
 
 
@@ -316,12 +319,11 @@ def test_results_tells_runs_that_reseeded_keys_from_those_that_did_not(tmp_path)
     assert script._unreseeded_mark(tmp_path / "old") == " †" and script._unreseeded_mark(tmp_path / "new") == ""
 
 
-def test_results_tune_chooses_only_among_candidates_whose_memory_clusters(tmp_path):
-    script = _results_script()
+def _candidate_runs(out: Path, dataset: str, runs) -> None:
+    """Fake 2-fold candidate runs of ``dataset`` in ``out``: (name, mean max assignment, each fold's val_acc)."""
     folds = [{"train": [1], "val": [2], "test": [0]}] * 2
-    for name, sharp, vals in (("generic", 0.19, (0.9, 0.9)), ("drop02", 0.8, (0.8, 0.7)),
-                              ("assign", 0.9, (0.7, 0.8))):
-        run = tmp_path / "X" / name
+    for name, sharp, vals in runs:
+        run = out / dataset / name
         run.mkdir(parents=True)
         (run / "folds.json").write_text(json.dumps({"meta": {}, "folds": folds}))
         for i, val in enumerate(vals):
@@ -329,11 +331,29 @@ def test_results_tune_chooses_only_among_candidates_whose_memory_clusters(tmp_pa
             (run / f"fold_{i}" / "metrics.json").write_text(json.dumps(
                 {"val_acc": val, "test_acc": 0.5, "train_acc": 1.0, "train_time_s": 1.0, "memory_clusters": 10,
                  "memory_mean_max_assignment": sharp}))
+
+
+def test_results_tune_chooses_only_among_candidates_whose_memory_clusters(tmp_path):
+    script = _results_script()
+    _candidate_runs(tmp_path, "X", (("generic", 0.19, (0.9, 0.9)), ("drop02", 0.8, (0.8, 0.7)),
+                                    ("assign", 0.9, (0.7, 0.8))))
     assert script.candidate_wins(tmp_path, "X", 2) == {"assign": 1, "drop02": 1}  # the flat generic cannot win
     tied = {"assign": {"val_acc": 0.75}, "drop02": {"val_acc": 0.75}}
     assert script.chosen_config({"assign": 1, "drop02": 1}, tied) == "assign"  # then the earlier candidate
     (tmp_path / "X" / "assign" / "fold_1" / "metrics.json").unlink()
     assert script.candidate_wins(tmp_path, "X", 2) == {"drop02": 2}  # the one finished candidate that clusters
+
+
+def test_the_generic_defaults_rule_takes_the_best_mean_validation_over_datasets_where_every_run_clusters(tmp_path):
+    script = _results_script()
+    _candidate_runs(tmp_path, "A", (("generic", 0.9, (0.9, 0.9)), ("drop0", 0.9, (0.8, 0.8)),
+                                    ("drop02", 0.9, (1.0, 1.0))))
+    _candidate_runs(tmp_path, "B", (("generic", 0.9, (0.5, 0.5)), ("drop0", 0.9, (0.7, 0.7))))
+    assert script.generic_choice(tmp_path, ["A", "B"], 2) == "drop0"  # 0.75 over 0.7; drop02 did not run on B
+    assert script.generic_choice(tmp_path, ["A"], 2) == "drop02"
+    _candidate_runs(tmp_path, "C", (("generic", 0.9, (0.5, 0.5)), ("drop0", 0.2, (0.9, 0.9))))
+    assert script.generic_choice(tmp_path, ["A", "B", "C"], 2) == "generic"  # drop0 is flat on C
+    assert script.generic_choice(tmp_path, ["D"], 2) is None
 
 
 def _children(pid: int) -> list[int]:
