@@ -42,9 +42,8 @@ DATASETS = ["MUTAG", "PROTEINS", "PROTEINS_full", "ENZYMES", "NCI1", "IMDB-BINAR
 FLAT = ["model.memory.norm=none", "model.memory.radius=3", "model.memory.tau=1", "model.memory.key_init=uniform",
         "model.memory.head_init=null"]
 # What every configuration below but `default` goes on top of (with ``~tuned``): the generic defaults they all ran
-# on, which had dropout 0.5 until 2026-12-07. The generic defaults since have no dropout (the `drop0` candidate):
-# the candidate with the best mean validation accuracy over the datasets where it and `generic` both ran
-# (:func:`generic_choice`; the README says which runs).
+# on, which had dropout 0.5 until 2026-12-07. The generic defaults since have no dropout (the `drop0` candidate),
+# by their rule (:func:`generic_choice`; the README says which runs).
 TUNING_BASE = ["model.dropout=0.5"]
 # name: (what it is, overrides on top of TUNING_BASE; the ablation's configurations with keys not reseeded:
 # UNRESEEDED). `default` is the shipped config: the generic defaults and the dataset's tuned file, if any.
@@ -165,14 +164,17 @@ def mean_max_assignment(done: list[dict]) -> Optional[float]:
     return sum(row["memory_mean_max_assignment"] for row in done) / len(done) if done else None
 
 
+def clustered_folds(run: Path, folds: int) -> list[dict]:
+    """A run's :func:`memory_folds` when it finished all ``folds`` and its memory clusters (mean max assignment
+    >= CLUSTERED); none otherwise."""
+    done = memory_folds(run)
+    return done if len(done) == folds and mean_max_assignment(done) >= CLUSTERED else []
+
+
 def candidate_wins(out: Path, name: str, folds: int) -> dict[str, int]:
     """How often the per-fold selection over the candidates that finished every fold and cluster (mean max
     assignment >= CLUSTERED) picks each; a lone such candidate takes every fold; empty when there is none."""
-    runs = []
-    for config in CANDIDATES:
-        done = memory_folds(out / name / config)
-        if len(done) == folds and mean_max_assignment(done) >= CLUSTERED:
-            runs.append((config, out / name / config))
+    runs = [(config, out / name / config) for config in CANDIDATES if clustered_folds(out / name / config, folds)]
     if len(runs) == 1:
         return {runs[0][0]: folds}
     selection = select_folds(runs)
@@ -197,8 +199,8 @@ def generic_choice(out: Path, names: list[str], folds: int) -> Optional[str]:
     of the datasets ``names``, the best mean over them of the mean validation accuracy; None where none did."""
     means = {}
     for config in CANDIDATES:
-        done = [memory_folds(out / name / config) for name in names]
-        if all(len(rows) == folds and mean_max_assignment(rows) >= CLUSTERED for rows in done):
+        done = [clustered_folds(out / name / config, folds) for name in names]
+        if all(done):
             means[config] = sum(fold_summary(rows)["val_acc"] for rows in done) / len(names)
     return max(means, key=means.get) if means else None
 
