@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 from mempool_cli.artifacts import write_atomic
-from results import ERRICA_BEST, LATER_BEST, kfold_result, published
+from results import ERRICA_BEST, LATER_BEST, dataset_overrides, kfold_result, published
 
 
 def run_seed(name: str, seed: int, out: Path, overrides: list[str]) -> None:
     """Run (or finish) the shipped config's k-fold protocol on one dataset at one seed."""
-    command = [sys.executable, "-m", "mempool_cli", "train", f"dataset={name}", "protocol=kfold", f"seed={seed}",
+    command = [sys.executable, "-m", "mempool_cli", "train", *dataset_overrides(name), "protocol=kfold", f"seed={seed}",
                "train.progress=false", f"hydra.run.dir={out / name / f'seed{seed}'}", *overrides]
     print("$", " ".join(command[2:]), flush=True)
     subprocess.run(command, check=True)

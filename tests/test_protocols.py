@@ -309,6 +309,22 @@ def test_results_runs_candidates_on_the_generic_defaults_the_ablation_unreseeded
     assert "~tuned" not in shipped and not any("reseed" in arg for arg in shipped)
 
 
+def test_results_runs_a_tu_dataset_without_a_preset_by_the_automatic_recipe_and_tables_it(tmp_path, monkeypatch):
+    """A dataset not among the eight (not in ../shared, say) runs with its preset where there is one, else as
+    ``dataset=tu dataset.name=NAME``, and gets a row of the tables after the eight, beside Errica et al.'s row."""
+    script = _results_script()
+    commands = []
+    monkeypatch.setattr(script.subprocess, "run", lambda command, check: commands.append(command))
+    script.run_config("REDDIT-MULTI-5K", "default", tmp_path, 10, [])
+    script.run_config("COLLAB", "default", tmp_path, 10, [])
+    assert commands[0][4:6] == ["dataset=tu", "dataset.name=REDDIT-MULTI-5K"] and commands[1][4] == "dataset=COLLAB"
+    (tmp_path / "NCI109").mkdir()
+    names = script.table_names(["COLLAB", "PROTEINS"], tmp_path)
+    assert names == [*script.DATASETS, "COLLAB", "NCI109"]
+    rows, _ = script.main_rows(tmp_path, {"COLLAB": {}}, 10)
+    assert "not run" in rows[0] and "GIN 75.6 +- 2.3" in rows[0]
+
+
 def test_results_tells_runs_that_reseeded_keys_from_those_that_did_not(tmp_path):
     script = _results_script()
     for name, text in (("new", "model:\n  memory:\n    reseed: 0.01\n"), ("off", "model:\n  memory:\n    reseed: 0\n"),
