@@ -20,6 +20,11 @@ from mempool_cli.model import MemGNN, _mlp
 from mempool_cli.nn import FastGINConv, dropout, kernels, leaky_relu_dropout, residual_relu_dropout
 
 
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """A float tensor's bit patterns (so that NaN equals NaN and -0 differs from 0)."""
+    return t.view({torch.float32: torch.int32, torch.float64: torch.int64}[t.dtype])
+
+
 def graphs(with_edge_attr: bool, count: int = 23) -> list[Data]:
     generator = torch.Generator().manual_seed(1)
     out = []
@@ -152,9 +157,11 @@ def test_residual_step_gives_the_bits_of_its_operations(implementation, dtype, s
 @pytest.mark.parametrize("p", [0.5, 0.1])  # a kept value's scale exactly 2, and one that rounds
 def test_memory_output_step_gives_the_bits_of_its_operations(implementation, dtype, shape, p):
     """dropout(leaky_relu(h)) in one pass: the same output, gradient and random draws (the generator's state
-    after) as the two operations, where the gradient of a negative entry rounds twice (mask, then slope)."""
+    after) as the two operations, where the gradient of a negative entry rounds twice (mask, then slope), to the
+    bit, NaN, infinities and -0 included."""
     generator = torch.Generator().manual_seed(3)
     h, grad = (torch.randn(*shape, dtype=dtype, generator=generator) for _ in range(2))
+    h.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0])
     results = []
     for step in (lambda b: dropout(F.leaky_relu(b), p), lambda b: leaky_relu_dropout(b, p)):
         b = h.clone().requires_grad_()
@@ -162,11 +169,11 @@ def test_memory_output_step_gives_the_bits_of_its_operations(implementation, dty
         out = step(b)
         out.backward(grad)
         results.append([out, b.grad, torch.rand(3)])
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert all(torch.equal(bits(a), bits(b)) for a, b in zip(*results))
     kept = results[1][0] != 0
     assert abs(kept.double().mean().item() - (1 - p)) < 0.2
-    assert torch.equal(leaky_relu_dropout(h, p, training=False), F.leaky_relu(h))
-    assert torch.equal(leaky_relu_dropout(h, 0.0), F.leaky_relu(h))
+    assert torch.equal(bits(leaky_relu_dropout(h, p, training=False)), bits(F.leaky_relu(h)))
+    assert torch.equal(bits(leaky_relu_dropout(h, 0.0)), bits(F.leaky_relu(h)))
 
 
 def test_training_gives_the_same_bits_as_pygs_gin_and_plain_operations(monkeypatch):

@@ -4,6 +4,9 @@
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
 
 #include <vector>
 
@@ -18,6 +21,41 @@ constexpr int64_t kElementGrain = 131072;  // elements
 void check_draws(const Tensor& h, const Tensor& draws) {
   TORCH_CHECK(h.device().is_cpu(), "h must be a CPU tensor");
   TORCH_CHECK(draws.scalar_type() == at::kShort && draws.numel() >= h.numel(), "draws must be int16 [>= numel]");
+}
+
+
+// The memory layers' output step, a vector at a time: its signs and its mask are random, so a branch per element (a
+// plain loop's, since the compiler keeps a conditional product as a branch) was mispredicted half the time, 12 ns
+// an element. Each value is the same product, with the same rounding, as in the operations replaced.
+
+// mask[i] = kept where draws[i] >= threshold, else 0 (the compiler vectorises this one itself)
+template <typename T>
+void keep_mask(const int16_t* __restrict__ draws, int64_t n, int32_t threshold, T kept, T* __restrict__ mask) {
+  for (int64_t i = 0; i < n; ++i) mask[i] = draws[i] >= threshold ? kept : T(0);
+}
+
+// out = leaky_relu(h, slope) * mask (NaN stays NaN: it is not > 0, and its product with the slope is NaN)
+template <typename T>
+void leaky_relu_masked(const T* h, const T* mask, int64_t n, T slope, T* out) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec zero(0), s(slope);
+  for (int64_t i = 0; i < n; i += Vec::size()) {
+    const int64_t m = std::min<int64_t>(Vec::size(), n - i);
+    const Vec x = Vec::loadu(h + i, m);
+    (Vec::blendv(x * s, x, x > zero) * Vec::loadu(mask + i, m)).store(out + i, m);
+  }
+}
+
+// its gradient: through the mask, then the slope (the operations' two roundings)
+template <typename T>
+void leaky_relu_masked_backward(const T* grad, const T* h, const T* mask, int64_t n, T slope, T* out) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec zero(0), s(slope);
+  for (int64_t i = 0; i < n; i += Vec::size()) {
+    const int64_t m = std::min<int64_t>(Vec::size(), n - i);
+    const Vec g = Vec::loadu(grad + i, m) * Vec::loadu(mask + i, m);
+    Vec::blendv(g * s, g, Vec::loadu(h + i, m) > zero).store(out + i, m);
+  }
 }
 
 }  // namespace
@@ -61,11 +99,9 @@ std::vector<Tensor> leaky_relu_dropout(const Tensor& h, const Tensor& draws, int
     scalar_t* op = out.data_ptr<scalar_t>();
     scalar_t* mp = mask.data_ptr<scalar_t>();
     const scalar_t kept = static_cast<scalar_t>(scale), negative = static_cast<scalar_t>(slope);
-    at::parallel_for(0, hc.numel(), kElementGrain, [=](int64_t begin, int64_t end) {  // by value: no aliasing
-      for (int64_t i = begin; i < end; ++i) {
-        mp[i] = d[i] >= threshold ? kept : scalar_t(0);
-        op[i] = (hp[i] > 0 ? hp[i] : hp[i] * negative) * mp[i];
-      }
+    at::parallel_for(0, hc.numel(), kElementGrain, [=](int64_t begin, int64_t end) {
+      keep_mask(d + begin, end - begin, static_cast<int32_t>(threshold), kept, mp + begin);
+      leaky_relu_masked(hp + begin, mp + begin, end - begin, negative, op + begin);
     });
   });
   return {out, mask};
@@ -82,10 +118,7 @@ Tensor leaky_relu_dropout_backward(const Tensor& grad, const Tensor& h, const Te
     scalar_t* op = out.data_ptr<scalar_t>();
     const scalar_t negative = static_cast<scalar_t>(slope);
     at::parallel_for(0, hc.numel(), kElementGrain, [=](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t g = gp[i] * mp[i];  // through the mask, then the slope: the operations' two roundings
-        op[i] = hp[i] > 0 ? g : g * negative;
-      }
+      leaky_relu_masked_backward(gp + begin, hp + begin, mp + begin, end - begin, negative, op + begin);
     });
   });
   return out;
