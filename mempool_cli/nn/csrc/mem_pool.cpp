@@ -202,11 +202,9 @@ std::tuple<Tensor, Tensor, Tensor> distance_grad(const Tensor& grad_S, const Ten
         rs.store(rsp + i, n);
       }
     });
-    for (int64_t h = 0; h < H; ++h) {  // in node order: the same bits at any thread count
-      scalar_t total = 0;
-      for (int64_t i = 0; i < N; ++i) total += hp[h * N + i];
-      wg[h] = total;
-    }
+    std::fill(wg, wg + H, scalar_t(0));  // each head's sum in node order (the same bits at any thread count), the
+    for (int64_t i = 0; i < N; ++i)       // heads side by side: independent sums, not one chain of dependent adds
+      for (int64_t h = 0; h < H; ++h) wg[h] += hp[h * N + i];
   });
   return {gd, row_sum, grad_w};
 }
@@ -253,11 +251,9 @@ void add_key_grad(Tensor& grad_keys, const Tensor& gd, const Tensor& x, const Te
         int64_t j = 0;
         for (; j + 4 <= HK; j += 4) key_block<scalar_t, 4>(g + j * N, xp, N, F, begin, end, out + j * F);
         for (; j < HK; ++j) key_block<scalar_t, 1>(g + j * N, xp, N, F, begin, end, out + j * F);
-        for (j = 0; j < HK; ++j) {
-          scalar_t total = 0;
-          for (int64_t i = begin; i < end; ++i) total += g[j * N + i];
-          sp[b * HK + j] = total;
-        }
+        scalar_t* total = sp + b * HK;  // zeros: each key's sum in node order, the keys side by side
+        for (int64_t i = begin; i < end; ++i)
+          for (j = 0; j < HK; ++j) total[j] += g[j * N + i];
       }
     });
   });
