@@ -138,7 +138,7 @@ def dataset_overrides(name: str) -> list[str]:
 
 def table_names(requested: list[str], out: Path) -> list[str]:
     """The datasets of the tables: DATASETS, then any other one asked for or run in ``out``."""
-    others = [*requested, *sorted(path.name for path in out.glob("*") if path.is_dir())] if out.exists() else requested
+    others = [*requested, *sorted(path.name for path in out.glob("*") if path.is_dir())]  # none where out is not
     return [*DATASETS, *dict.fromkeys(name for name in others if name not in DATASETS)]
 
 
@@ -497,11 +497,13 @@ def main() -> None:
             table()
     for name in args.datasets if args.tune else []:
         chosen = chosen_config(candidate_wins(args.out, name, args.folds), results_of(args.out, name))
-        if chosen is not None and not has_preset(name):
-            print(f"{name}: the selection picks {chosen}; a tuned file needs a preset, configs/dataset/{name}.yaml")
-        elif chosen is not None:
+        if chosen is None:
+            continue
+        if has_preset(name):
             ship(name, chosen)
             print(f"{name}: ships {chosen}")
+        else:
+            print(f"{name}: the selection picks {chosen}; a tuned file needs a preset, configs/dataset/{name}.yaml")
     if args.tune and len(args.datasets) > 1:
         print(f"the generic defaults by their rule: {generic_choice(args.out, args.datasets, args.folds)}")
     table()

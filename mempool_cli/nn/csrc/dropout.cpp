@@ -1,4 +1,4 @@
-// CPU kernels of the dropout steps (mempool_cli.nn.dropout), each one pass with the same arithmetic, to the bit, as
+// CPU kernels of the dropout steps (mempool_cli.nn.dropout), each one call with the same arithmetic, to the bit, as
 // the operations it replaces: the encoder's residual step x + dropout(relu(h)) and the memory layers' output step
 // dropout(leaky_relu(h)). The mask comes from int16 `draws`: kept where draws >= threshold, scaled by `scale`.
 #include "kernels.h"
@@ -7,7 +7,6 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-
 #include <vector>
 
 namespace mempool {
@@ -22,7 +21,6 @@ void check_draws(const Tensor& h, const Tensor& draws) {
   TORCH_CHECK(h.device().is_cpu(), "h must be a CPU tensor");
   TORCH_CHECK(draws.scalar_type() == at::kShort && draws.numel() >= h.numel(), "draws must be int16 [>= numel]");
 }
-
 
 // The memory layers' output step, a vector at a time: its signs and its mask are random, so a branch per element (a
 // plain loop's, since the compiler keeps a conditional product as a branch) was mispredicted half the time, 12 ns
