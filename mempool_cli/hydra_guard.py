@@ -71,12 +71,17 @@ class RunGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mempool_cli.config import resolve
-        from mempool_cli.protocols import preflight
+        from mempool_cli.parallel import start_importing
 
         run_dir = Path(config.hydra.run.dir).absolute()
         if run_dir.exists():
             existing_run_dirs.add(run_dir)
         try:
-            preflight(resolve(config), run_dir)
+            spec = resolve(config)
+            if spec.protocol.name == "kfold":  # its fold workers' imports on another core, beside this process's
+                start_importing(spec.protocol.workers, spec.protocol.folds, spec.threads)
+            from mempool_cli.protocols import preflight
+
+            preflight(spec, run_dir)
         except MempoolError as error:
             raise Refused(error) from error
