@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import Tensor
 
 from mempool_cli.errors import ConfigError, DataError
@@ -22,6 +21,8 @@ def labels_hash(labels: Tensor) -> str:
 
 def _stratified(index: list[int], size: float, y: list[int], seed: int, key: str) -> tuple[list, list]:
     """``train_test_split`` with stratification; a part too small for it is refused, naming ``key``."""
+    from sklearn.model_selection import train_test_split  # here: scikit-learn takes most of a second to import
+
     try:
         return train_test_split(index, test_size=size, stratify=y, random_state=seed)
     except ValueError as exc:
@@ -59,6 +60,8 @@ def kfold_splits(labels: Tensor, folds: int, val_fraction: float, seed: int) -> 
     if folds > smallest:
         raise ConfigError(f"protocol.folds: {folds} stratified folds need at least {folds} graphs of every class; "
                           f"the smallest class has {smallest}")
+    from sklearn.model_selection import StratifiedKFold
+
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     splits = []
     for fold, (rest, test) in enumerate(splitter.split(y, y)):
