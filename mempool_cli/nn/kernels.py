@@ -1,7 +1,8 @@
 """Compiled CPU kernels for :class:`~mempool_cli.nn.MemPooling` (``csrc/mem_pool.cpp``),
-:class:`~mempool_cli.nn.FastGINConv` (``csrc/encoder.cpp``) and the dropout steps (``csrc/dropout.cpp``).
+:class:`~mempool_cli.nn.FastGINConv` (``csrc/encoder.cpp``) and the dropout steps (``csrc/dropout.cpp``),
+bound to Python in ``csrc/bindings.cpp``.
 
-Built with PyTorch's extension builder on first use (about half a minute) and cached in
+Built with PyTorch's extension builder on first use (about 20 s) and cached in
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Where they cannot be built (no C++ compiler or
 ninja) or ``MEMPOOL_COMPILED_KERNELS=0`` is set, :func:`cpu_kernels` returns ``None`` and the layer computes the
 same formulas with PyTorch operations.
@@ -23,7 +24,8 @@ from mempool_cli.artifacts import waiting_lock
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("mem_pool.cpp", "encoder.cpp", "dropout.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in
+           ("mem_pool.cpp", "encoder.cpp", "dropout.cpp", "bindings.cpp")]
 SWITCH = "MEMPOOL_COMPILED_KERNELS"
 # held while building or loading: PyTorch's own lock file outlives a build that is killed (every later run
 # would wait for it forever); this one is released when its holder exits
@@ -45,14 +47,14 @@ def cpu_kernels():
 
     capability = torch.backends.cpu.get_cpu_capability()
     # one build per installed copy (the source's path is in the build's commands: two copies sharing a build folder
-    # would rebuild each other's, half a minute each time)
+    # would rebuild each other's, 20 s each time)
     place = hashlib.sha1(str(SOURCES[0].resolve()).encode()).hexdigest()[:8]
     name = "mempool_kernels_" + re.sub(r"\W", "_", f"{torch.__version__}_{capability}_{place}")
     build_dir = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")).expanduser() / name
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
         if not any(build_dir.glob("*.so")):
-            log.info("building MemPooling's compiled CPU kernels in %s (first use only, about half a minute)",
+            log.info("building MemPooling's compiled CPU kernels in %s (first use only, about 20 s)",
                      build_dir)
         with waiting_lock(build_dir / BUILD_LOCK):
             (build_dir / "lock").unlink(missing_ok=True)  # PyTorch's own lock, left behind by a killed build

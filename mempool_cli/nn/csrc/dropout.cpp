@@ -3,8 +3,10 @@
 // dropout(leaky_relu(h)). The mask comes from int16 `draws`: kept where draws >= threshold, scaled by `scale`.
 #include "kernels.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty_like.h>
 
 #include <algorithm>
 #include <vector>
@@ -63,7 +65,7 @@ std::vector<Tensor> residual_relu_dropout(const Tensor& x, const Tensor& h, cons
   TORCH_CHECK(x.sizes() == h.sizes() && x.scalar_type() == h.scalar_type(), "x and h must match");
   check_draws(x, draws);
   const Tensor xc = x.contiguous(), hc = h.contiguous(), dc = draws.contiguous();
-  Tensor out = torch::empty_like(xc), multiplier = torch::empty_like(xc);
+  Tensor out = at::empty_like(xc), multiplier = at::empty_like(xc);
   const int64_t n = xc.numel();
   const int16_t* d = dc.data_ptr<int16_t>();
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "residual_relu_dropout", [&] {
@@ -90,7 +92,7 @@ std::vector<Tensor> leaky_relu_dropout(const Tensor& h, const Tensor& draws, int
                                        double slope) {
   check_draws(h, draws);
   const Tensor hc = h.contiguous(), dc = draws.contiguous();
-  Tensor out = torch::empty_like(hc), mask = torch::empty_like(hc);
+  Tensor out = at::empty_like(hc), mask = at::empty_like(hc);
   const int16_t* d = dc.data_ptr<int16_t>();
   AT_DISPATCH_FLOATING_TYPES(hc.scalar_type(), "leaky_relu_dropout", [&] {
     const scalar_t* hp = hc.data_ptr<scalar_t>();
@@ -108,7 +110,7 @@ std::vector<Tensor> leaky_relu_dropout(const Tensor& h, const Tensor& draws, int
 Tensor leaky_relu_dropout_backward(const Tensor& grad, const Tensor& h, const Tensor& mask, double slope) {
   TORCH_CHECK(grad.sizes() == h.sizes() && mask.sizes() == h.sizes(), "grad, h and mask must match");
   const Tensor gc = grad.contiguous(), hc = h.contiguous(), mc = mask.contiguous();
-  Tensor out = torch::empty_like(hc);
+  Tensor out = at::empty_like(hc);
   AT_DISPATCH_FLOATING_TYPES(hc.scalar_type(), "leaky_relu_dropout_backward", [&] {
     const scalar_t* gp = gc.data_ptr<scalar_t>();
     const scalar_t* hp = hc.data_ptr<scalar_t>();

@@ -3,7 +3,11 @@
 // tensors), summed in edge order from zero as the scatter-add sums, so the results are the same to the bit.
 #include "kernels.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <vector>
 
@@ -18,7 +22,7 @@ constexpr int64_t kRowGrain = 2048;  // rows
 // Stable counting sort of the edges by `key`: the start of each node's edges [N + 1] and, in that order, the
 // other end of each edge [E].
 std::vector<Tensor> group_edges(const int64_t* key, const int64_t* other, int64_t E, int64_t N) {
-  Tensor ptr = torch::zeros({N + 1}, torch::kLong), ends = torch::empty({E}, torch::kLong);
+  Tensor ptr = at::zeros({N + 1}, at::kLong), ends = at::empty({E}, at::kLong);
   int64_t* p = ptr.data_ptr<int64_t>();
   int64_t* o = ends.data_ptr<int64_t>();
   for (int64_t e = 0; e < E; ++e) {
@@ -51,7 +55,7 @@ Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbour
               neighbours.scalar_type() == at::kLong && neighbours.is_contiguous(),
               "ptr and neighbours must be an adjacency's contiguous int64 [N + 1] and [E]");
   const int64_t N = x.size(0), F = x.size(1);
-  Tensor out = torch::zeros_like(x);
+  Tensor out = at::zeros_like(x);
   const int64_t* p = ptr.data_ptr<int64_t>();
   const int64_t* nb = neighbours.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "neighbour_sum", [&] {

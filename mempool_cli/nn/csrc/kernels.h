@@ -1,13 +1,32 @@
-// Kernels defined in one source file and bound to Python in mem_pool.cpp's module.
+// The kernels of mem_pool.cpp, encoder.cpp and dropout.cpp, bound to Python in bindings.cpp. The sources include
+// ATen's own headers, not torch/extension.h: that one header took three quarters of the build's time.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace mempool {
 
-using torch::Tensor;
+using at::Tensor;
+
+// Soft assignments S [N, K] of node-list x to the H-major keys [H*K, F] and the per-graph pooling S_b^T X_b
+// [B, K, F]: (pooled, S, S_t [K, N], S_heads [H*K, N], inv_d [H*K, N]), the last three saved for the backward.
+std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, const Tensor& w, const Tensor& batch,
+                                        int64_t num_graphs, int64_t K, double tau);
+
+// Gradients (x, keys, w) of assign_pool_forward's outputs.
+std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_pooled, const std::optional<Tensor>& grad_S,
+                                         const Tensor& x, const Tensor& keys, const Tensor& w, const Tensor& batch,
+                                         int64_t num_graphs, const Tensor& S_t, const Tensor& S_heads,
+                                         const Tensor& inv_d, double tau, bool split_key_grad, bool kl_heads);
+
+// The KL loss of node-list S [N, K] and its gradient: (loss, P, col [B, K], log_ratio [N, K]), and dL/dS.
+std::vector<Tensor> kl_forward(const Tensor& S, const Tensor& batch, int64_t num_graphs);
+Tensor kl_backward(const Tensor& grad_loss, const Tensor& S, const Tensor& batch, int64_t num_graphs,
+                   const Tensor& P, const Tensor& col, const Tensor& log_ratio);
 
 // A graph's CSR adjacency both ways, from edge_index [2, E] (sources, then targets) over num_nodes nodes:
 // (ptr_in [N + 1], sources [E]: each node's incoming edges, in edge order; ptr_out [N + 1], targets [E]: its

@@ -1,18 +1,24 @@
 // CPU kernels of mempool_cli.nn.MemPooling for node-list input: the soft assignment fused with the per-graph
 // pooling, and the KL loss, each forward and backward in one call (the same formulas as the PyTorch code in
 // mem_pool.py, which stays the reference and serves every other device). Rows are nodes; `batch` is sorted.
-// The module binds encoder.cpp's and dropout.cpp's kernels (declared in kernels.h) too.
 #include "kernels.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <tuple>
 #include <vector>
 
-using torch::Tensor;
+namespace mempool {
 
 namespace {
 
@@ -65,6 +71,8 @@ void check_inputs(const Tensor& x, const Tensor& batch) {
   TORCH_CHECK(batch.scalar_type() == at::kLong && batch.is_contiguous() && batch.numel() == x.size(0),
               "batch must be a contiguous int64 [N]");
 }
+
+}  // namespace
 
 // The node-wise passes below take the nodes a vector at a time: every [H*K, N] or [K, N] buffer has the nodes
 // contiguous, so each (head, key) row loads and stores whole vectors of nodes, and the sums over the K keys and
@@ -155,6 +163,8 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
   });
   return {pooled, S_t.t().contiguous(), S_t, S_heads, inv_d};
 }
+
+namespace {
 
 // A gradient grad_S [N, K] reaching S through the assignment, taken back to the distances ||x - k||^2: returns
 // (that gradient [H*K, N], its sums over the keys [N], the gradient of the head weights w [H]).
@@ -264,6 +274,8 @@ void add_key_grad(Tensor& grad_keys, const Tensor& gd, const Tensor& x, const Te
   }
   grad_keys.addcmul_(keys, sum.unsqueeze(1), 2.0).add_(product, -2.0);
 }
+
+}  // namespace
 
 // Gradients (x, keys, w) of assign_pool_forward's outputs. With split_key_grad, the gradient reaching S through
 // the pooling flows to x and w only and grad_S (that of the returned S) to the keys only (with kl_heads, to the
@@ -405,16 +417,4 @@ Tensor kl_backward(const Tensor& grad_loss, const Tensor& S, const Tensor& batch
   return grad_S;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("assign_pool_forward", &assign_pool_forward);
-  m.def("assign_pool_backward", &assign_pool_backward);
-  m.def("kl_forward", &kl_forward);
-  m.def("kl_backward", &kl_backward);
-  m.def("adjacency", &mempool::adjacency);
-  m.def("neighbour_sum", &mempool::neighbour_sum);
-  m.def("residual_relu_dropout", &mempool::residual_relu_dropout);
-  m.def("leaky_relu_dropout", &mempool::leaky_relu_dropout);
-  m.def("leaky_relu_dropout_backward", &mempool::leaky_relu_dropout_backward);
-}
+}  // namespace mempool
