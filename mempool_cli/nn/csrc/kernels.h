@@ -12,18 +12,14 @@ namespace mempool {
 
 using at::Tensor;
 
-// Soft assignments S [N, K] of node-list x to the H-major keys [H*K, F] and the per-graph pooling S_b^T X_b
-// [B, K, F]: (pooled, S, S_t [K, N], S_heads [H*K, N], inv_d [H*K, N]), the last three saved for the backward.
+// mem_pool.cpp: the memory layer's assignment fused with the pooling, and its KL loss, forward and backward
+// (documented at their definitions).
 std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, const Tensor& w, const Tensor& batch,
                                         int64_t num_graphs, int64_t K, double tau);
-
-// Gradients (x, keys, w) of assign_pool_forward's outputs.
 std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_pooled, const std::optional<Tensor>& grad_S,
                                          const Tensor& x, const Tensor& keys, const Tensor& w, const Tensor& batch,
                                          int64_t num_graphs, const Tensor& S_t, const Tensor& S_heads,
                                          const Tensor& inv_d, double tau, bool split_key_grad, bool kl_heads);
-
-// The KL loss of node-list S [N, K] and its gradient: (loss, P, col [B, K], log_ratio [N, K]), and dL/dS.
 std::vector<Tensor> kl_forward(const Tensor& S, const Tensor& batch, int64_t num_graphs);
 Tensor kl_backward(const Tensor& grad_loss, const Tensor& S, const Tensor& batch, int64_t num_graphs,
                    const Tensor& P, const Tensor& col, const Tensor& log_ratio);
