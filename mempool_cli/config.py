@@ -120,6 +120,8 @@ def _fraction(key: str, value: float) -> None:
         raise ConfigError(f"{key}: must be in [0, 1), got {value}")
 
 
+MAX_WALK_STEPS = 64  # dataset.random_walk: the longest random walk whose return probabilities are node features
+
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
@@ -170,6 +172,7 @@ class DataSpec:
     node_labels: Optional[bool] = None
     degree: str = "auto"
     max_degree: int = 64
+    random_walk: int = 0
 
     def __post_init__(self) -> None:
         check_choice("dataset.kind", self.kind, DATA_KINDS)
@@ -182,10 +185,13 @@ class DataSpec:
         check_plain_name("dataset.name", self.name)
         check_choice("dataset.degree", self.degree, DEGREE_FEATURES)
         _positive("dataset.max_degree", self.max_degree)
+        if not 0 <= self.random_walk <= MAX_WALK_STEPS:
+            raise ConfigError(f"dataset.random_walk: must be a number of steps from 0 (off) to {MAX_WALK_STEPS}, "
+                              f"got {self.random_walk}")
 
     # what a checkpoint records to read and featurise new graphs the same way
     RECIPE_KEYS = ("name", "kind", "smiles_column", "label_column", "split_column", "id_column", "node_attributes",
-                   "node_labels", "degree", "max_degree")
+                   "node_labels", "degree", "max_degree", "random_walk")
 
     def recipe(self) -> dict[str, Any]:
         """The reading and feature settings (what a checkpoint must know to featurise new graphs the same way)."""
@@ -224,8 +230,9 @@ class ModelSpec:
             _finite("model.memory.head_init", self.head_init)
         check_choice("model.norm", self.norm, NORMS)
         check_choice("model.memory.impl", self.memory_impl, MEMORY_IMPLS)
-        for key in ("hidden", "layers", "memory_hidden"):
-            _positive(f"model.{key}" if key != "memory_hidden" else "model.memory.hidden", getattr(self, key))
+        _positive("model.hidden", self.hidden)
+        _positive("model.memory.hidden", self.memory_hidden)
+        _positive("model.layers", self.layers, strict=False)  # 0: no message passing (the paper's GMN)
         _fraction("model.dropout", self.dropout)
         if not self.clusters:
             raise ConfigError("model.memory.clusters: needs at least one memory layer, got []")

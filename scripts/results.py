@@ -69,6 +69,14 @@ CONFIGS = {
     "assign_wider_drop0": ("no dropout, width 256, head weights learned from the KL loss",
                            ["model.dropout=0.0", "model.hidden=256", "model.memory.hidden=256",
                             "train.kl_schedule=assign"]),
+    "walk16": ("random-walk return probabilities after 1-16 steps as extra node features",
+               ["dataset.random_walk=16"]),
+    "assign_wider_drop02_walk16": ("dropout 0.2, width 256, head weights learned from the KL loss, random-walk "
+                                   "return probabilities after 1-16 steps as extra node features",
+                                   ["model.dropout=0.2", "model.hidden=256", "model.memory.hidden=256",
+                                    "train.kl_schedule=assign", "dataset.random_walk=16"]),
+    "gmn_walk16": ("the MemGNN paper's GMN: no message passing, the memory on the node features and random-walk "
+                   "return probabilities after 1-16 steps", ["model.layers=0", "dataset.random_walk=16"]),
     "no_kl": ("without the KL loss", ["train.kl_weight=0"]),
     "assign": ("head weights learned from the KL loss too", ["train.kl_schedule=assign"]),
     "no_path": ("without the summed-input path", ["model.readout=none"]),
@@ -83,6 +91,9 @@ CONFIGS = {
 # the model. The ablation's other configurations take a part away to show what it adds; they are not candidates.
 CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02", "drop0",
               "assign_wide_drop0", "assign_wider_drop02", "assign_wider_drop0")
+# variants tried beside the shipped configs, not (yet) candidates: the random-walk features (2026-12-07); they reseed
+# starved keys as the candidates do
+TRIED = ("walk16", "assign_wider_drop02_walk16", "gmn_walk16")
 # the ablation's configurations leave starved keys where they are (as before reseeding was a default); the
 # candidates reseed them, as the generic defaults do
 UNRESEEDED = ["model.memory.reseed=0"]
@@ -112,10 +123,10 @@ def raw_present(name: str) -> bool:
 
 def generic_base(config: str) -> list[str]:
     """What a configuration's overrides go on top of: nothing for the shipped defaults, TUNING_BASE (``~tuned``)
-    for the candidates, and TUNING_BASE without reseeding for the ablation."""
+    for the candidates (and the TRIED variants), and TUNING_BASE without reseeding for the ablation."""
     if config == "default":
         return []
-    return ["~tuned", *TUNING_BASE] if config in CANDIDATES else ["~tuned", *TUNING_BASE, *UNRESEEDED]
+    return ["~tuned", *TUNING_BASE] if config in CANDIDATES + TRIED else ["~tuned", *TUNING_BASE, *UNRESEEDED]
 
 
 def reseeded(run: Path) -> bool:

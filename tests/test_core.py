@@ -41,6 +41,7 @@ def spec_of(overrides: list[str]):
         ("model.dropout=-0.1", "model.dropout"),
         ("model.memory.heads_per_layer=[5]", "model.memory.heads_per_layer"),
         ("model.encoder=gim", "model.encoder"),
+        ("model.layers=-1", "model.layers"),
         ("protocol.val_fraction=0.9", "protocol.val_fraction + protocol.test_fraction"),
     ],
 )
@@ -113,6 +114,17 @@ def test_model_shapes_and_per_layer_settings():
     logits, kls = model(data.x, data.edge_index, data.batch, data.num_graphs)
     assert logits.shape == (4, 2) and kls.shape == (3,) and (kls >= 0).all() and kls[-1] == 0
     assert [(m.heads, m.num_clusters, m.tau) for m in model.memory] == [(3, 4, 1.0), (2, 2, 0.5), (1, 1, 2.0)]
+
+
+def test_no_message_passing_is_the_papers_gmn():
+    """``model.layers=0``: the memory sees each node's embedded features alone, so the edges change nothing."""
+    model = build_model(ModelSpec(hidden=8, layers=0, clusters=(4, 1), memory_hidden=6, heads=(2, 1),
+                                  tau=(1.0, 1.0)), num_features=3, num_classes=2).eval()
+    data = _tiny_batch()
+    no_edges = torch.zeros(2, 0, dtype=torch.long)
+    assert len(model.convs) == 0
+    assert torch.equal(model(data.x, data.edge_index, data.batch, data.num_graphs)[0],
+                       model(data.x, no_edges, data.batch, data.num_graphs)[0])
 
 
 @pytest.mark.parametrize("schedule", ["paper", "assign"])

@@ -7,9 +7,12 @@ import pickle
 
 import pytest
 import torch
+from torch_geometric.data import Data
+from torch_geometric.transforms import AddRandomWalkPE
 
 from mempool_cli.artifacts import write_json
 from mempool_cli.data.features import featurize, fit_feature_stats
+from mempool_cli.data import random_walk
 from mempool_cli.data.source import SourceGraphs, graph
 from mempool_cli.data.splits import holdout_split, kfold_splits, read_split_file, split_metadata
 from mempool_cli.data.tu import load_tudataset
@@ -17,7 +20,8 @@ from conftest import SHARED_TU
 from mempool_cli.errors import DataError
 from mempool_cli.parallel import run_parallel
 
-RECIPE = {"name": "TINY", "node_attributes": True, "node_labels": True, "degree": "none", "max_degree": 4}
+RECIPE = {"name": "TINY", "node_attributes": True, "node_labels": True, "degree": "none", "max_degree": 4,
+          "random_walk": 0}
 
 
 @pytest.fixture
@@ -69,6 +73,35 @@ def test_degree_recipe_for_featureless_graphs(tiny):
     assert graphs.num_features == 2
     # paths have end nodes of degree 1; every other degree is capped at max_degree=1
     assert all(torch.equal(g.x.sum(1), torch.ones(g.num_nodes)) for g in graphs.graphs)
+
+
+@pytest.mark.parametrize("dense_limit", [100, 1])
+@pytest.mark.parametrize("name", ["TINY", "MUTAG"])
+def test_random_walk_features_are_pygs_return_probabilities(name, dense_limit, tiny, tmp_path, monkeypatch):
+    """Equal to PyG's AddRandomWalkPE, batched densely and one graph at a time sparsely (and 0 for isolated nodes)."""
+    if name == "MUTAG" and not (SHARED_TU / "MUTAG" / "raw").is_dir():
+        pytest.skip("offline MUTAG copy not present")
+    source = tiny if name == "TINY" else load_tudataset(name, str(tmp_path / "cache"), str(SHARED_TU), "http://127.0.0.1:9")
+    monkeypatch.setattr(random_walk, "SPARSE_NODES", dense_limit)
+    monkeypatch.setattr(random_walk, "CHUNK_ENTRIES", 1 << 12)  # several chunks
+    graphs = [*source.graphs, graph(torch.zeros(2, 0, dtype=torch.long), 3, 0)]
+    found = random_walk.return_probabilities(graphs, 8).split([g.num_nodes for g in graphs])
+    for g, rows in zip(graphs, found):
+        expected = AddRandomWalkPE(8)(Data(edge_index=g.edge_index, num_nodes=g.num_nodes)).random_walk_pe
+        assert torch.allclose(rows, expected, atol=1e-6)
+    assert found[-1].abs().sum() == 0 and found[0].sum() > 0
+
+
+def test_random_walk_columns_follow_the_recipe(tiny):
+    recipe = {**RECIPE, "random_walk": 5}
+    graphs = featurize(tiny, recipe, fit_feature_stats(tiny, recipe, [0, 1]))
+    plain = featurize(tiny, RECIPE, fit_feature_stats(tiny, RECIPE, [0, 1]))
+    assert graphs.num_features == plain.num_features + 5
+    assert all(torch.equal(g.x[:, :plain.num_features], p.x) for g, p in zip(graphs.graphs, plain.graphs))
+    # after 2 steps every node of a cycle (class 1) is back with probability 1/2, a path's end's neighbour with more
+    for g in graphs.graphs:
+        two_steps = g.x[:, plain.num_features + 1]
+        assert torch.allclose(two_steps, torch.full_like(two_steps, 0.5)) == (g.y.item() == 1)
 
 
 def test_holdout_split_is_stratified_disjoint_and_seeded():

@@ -169,13 +169,16 @@ def test_tu_folder_at_a_path_is_read_in_place_and_predicted(tmp_path):
     folder.parent.chmod(0o555)
     folder.chmod(0o555)
     try:
-        metrics = _train(["dataset=tu", f"dataset.path={folder}", "train.epochs=2"], tmp_path / "run")
+        metrics = _train(["dataset=tu", f"dataset.path={folder}", "train.epochs=2", "dataset.random_walk=4"],
+                         tmp_path / "run")
         result = predict(tmp_path / "run", str(folder))
         evaluated = evaluate_checkpoint(tmp_path / "run" / "checkpoint.pt", "test")
     finally:
         folder.chmod(0o755)
         folder.parent.chmod(0o755)
     assert metrics["dataset"] == "RINGS" and _listing(folder.parent) == before
+    recorded = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["dataset"]
+    assert recorded["random_walk"] == 4 and recorded["num_features"] == 2 + 2 + 4  # featurised again from it
     assert evaluated["accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-6)
     assert result["num_graphs"] == 48 and result["class_names"] == ["0", "1"] and "accuracy" in result
 

@@ -130,8 +130,10 @@ def checkpoint_data(info: Mapping[str, Any], root: Optional[str] = None,
 
 
 def _resolved(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The feature recipe a checkpoint was trained with (its automatic choices made)."""
-    return {key: info[key] for key in ("node_attributes", "node_labels", "degree", "max_degree")}
+    """The feature recipe a checkpoint was trained with (its automatic choices made; older checkpoints had no
+    random-walk features)."""
+    return {**{key: info[key] for key in ("node_attributes", "node_labels", "degree", "max_degree")},
+            "random_walk": info.get("random_walk", 0)}
 
 
 def read_input(info: Mapping[str, Any], path: str, part: Optional[str] = None) -> SourceGraphs:

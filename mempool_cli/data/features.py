@@ -1,4 +1,5 @@
-"""The node-feature recipe: standardised continuous attributes, one-hot categorical values, one-hot degrees.
+"""The node-feature recipe: standardised continuous attributes, one-hot categorical values, one-hot degrees and
+random-walk return probabilities.
 
 The statistics of the continuous attributes come from the training graphs only. The vocabulary of each
 categorical column (node labels, atom types, bond types) comes from the inputs of every graph of the dataset, as
@@ -17,6 +18,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import degree
 
+from mempool_cli.data.random_walk import return_probabilities
 from mempool_cli.data.source import SourceGraphs
 from mempool_cli.errors import DataError
 
@@ -130,6 +132,8 @@ def featurize(source: SourceGraphs, recipe: Mapping[str, Any], stats: Mapping[st
         parts.append(nodes(torch.cat([g.cat for g in source.graphs])))
     if recipe["degree"] == "onehot":
         parts.append(_degrees(source, counts, recipe["max_degree"]))
+    if recipe["random_walk"]:
+        parts.append(return_probabilities(source.graphs, recipe["random_walk"]))
     x = torch.cat(parts, dim=1).float() if parts else torch.ones(sum(counts), 1)
     edge_attr = edges(torch.cat([g.edge_cat for g in source.graphs])).split(
         [g.edge_cat.size(0) for g in source.graphs]) if source.edge_names else [None] * len(counts)
