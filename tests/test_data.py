@@ -92,6 +92,12 @@ def test_random_walk_features_are_pygs_return_probabilities(name, dense_limit, t
     assert found[-1].abs().sum() == 0 and found[0].sum() > 0
 
 
+def test_random_walk_features_refuse_a_graph_too_large_for_dense_powers(monkeypatch):
+    monkeypatch.setattr(random_walk, "MAX_NODES", 5)
+    with pytest.raises(DataError, match="graph 1 has 6 nodes"):
+        random_walk.return_probabilities([graph(torch.zeros(2, 0, dtype=torch.long), n, 0) for n in (5, 6)], 2)
+
+
 def test_random_walk_columns_follow_the_recipe(tiny):
     recipe = {**RECIPE, "random_walk": 5}
     graphs = featurize(tiny, recipe, fit_feature_stats(tiny, recipe, [0, 1]))

@@ -13,13 +13,20 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from mempool_cli.errors import DataError
+
 CHUNK_ENTRIES = 1 << 22  # graphs of similar size share one batched product of padded [n, n] walk matrices
 SPARSE_NODES = 100  # a larger graph multiplies by its sparse walk matrix on its own (measured faster from ~100 nodes)
+MAX_NODES = 20_000  # the powers of a graph's walk matrix are dense [n, n]: 1.6 GB of float32 at this size
 
 
 def return_probabilities(graphs: Sequence[Data], steps: int) -> Tensor:
     """``[total nodes, steps]``, the graphs' nodes in order: column k holds each node's return probability
-    after k+1 steps."""
+    after k+1 steps. A graph above ``MAX_NODES`` nodes is refused (its dense powers would not fit)."""
+    for i, g in enumerate(graphs):
+        if g.num_nodes > MAX_NODES:
+            raise DataError(f"dataset.random_walk: graph {i} has {g.num_nodes} nodes; return probabilities need "
+                            f"its dense [n, n] walk powers, so at most {MAX_NODES} nodes (set dataset.random_walk=0)")
     out = torch.zeros(sum(g.num_nodes for g in graphs), steps)
     offsets = torch.tensor([0] + [g.num_nodes for g in graphs]).cumsum(0).tolist()
     for chunk in _chunks(graphs):
