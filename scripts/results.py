@@ -75,6 +75,8 @@ CONFIGS = {
                                    "return probabilities after 1-16 steps as extra node features",
                                    ["model.dropout=0.2", "model.hidden=256", "model.memory.hidden=256",
                                     "train.kl_schedule=assign", "dataset.random_walk=16"]),
+    "drop0_walk16": ("no dropout, random-walk return probabilities after 1-16 steps as extra node features",
+                     ["model.dropout=0.0", "dataset.random_walk=16"]),
     "gmn_walk16": ("the MemGNN paper's GMN: no message passing, the memory on the node features and random-walk "
                    "return probabilities after 1-16 steps", ["model.layers=0", "dataset.random_walk=16"]),
     "no_kl": ("without the KL loss", ["train.kl_weight=0"]),
@@ -91,9 +93,9 @@ CONFIGS = {
 # the model. The ablation's other configurations take a part away to show what it adds; they are not candidates.
 CANDIDATES = ("generic", "assign", "drop02", "assign_drop02", "wide_drop02", "assign_wide_drop02", "drop0",
               "assign_wide_drop0", "assign_wider_drop02", "assign_wider_drop0", "walk16")
-# variants tried beside the shipped configs, not candidates: ENZYMES' shipped config with the random-walk features,
-# and the paper's GMN (2026-12-07); they reseed starved keys as the candidates do
-TRIED = ("assign_wider_drop02_walk16", "gmn_walk16")
+# variants tried beside the shipped configs, not candidates: ENZYMES' and REDDIT-BINARY's shipped configs with the
+# random-walk features, and the paper's GMN (2026-12-07/08); they reseed starved keys as the candidates do
+TRIED = ("assign_wider_drop02_walk16", "drop0_walk16", "gmn_walk16")
 # the ablation's configurations leave starved keys where they are (as before reseeding was a default); the
 # candidates reseed them, as the generic defaults do
 UNRESEEDED = ["model.memory.reseed=0"]
