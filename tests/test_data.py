@@ -81,7 +81,8 @@ def test_random_walk_features_are_pygs_return_probabilities(name, dense_limit, t
     """Equal to PyG's AddRandomWalkPE, batched densely and one graph at a time sparsely (and 0 for isolated nodes)."""
     if name == "MUTAG" and not (SHARED_TU / "MUTAG" / "raw").is_dir():
         pytest.skip("offline MUTAG copy not present")
-    source = tiny if name == "TINY" else load_tudataset(name, str(tmp_path / "cache"), str(SHARED_TU), "http://127.0.0.1:9")
+    source = tiny if name == "TINY" else load_tudataset(name, str(tmp_path / "cache"), str(SHARED_TU),
+                                                        "http://127.0.0.1:9")
     monkeypatch.setattr(random_walk, "SPARSE_NODES", dense_limit)
     monkeypatch.setattr(random_walk, "CHUNK_ENTRIES", 1 << 12)  # several chunks
     graphs = [*source.graphs, graph(torch.zeros(2, 0, dtype=torch.long), 3, 0)]

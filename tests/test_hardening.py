@@ -225,8 +225,8 @@ def test_a_split_file_of_the_other_kind_is_named(tmp_path):
     ("model.memory.tau=nan", "model.memory.tau[0]"), ("model.memory.tau=inf", "model.memory.tau[0]"),
     ("optim.lr=nan", "optim.lr"), ("seed=-1", "seed"), ("seed=4294967296", "seed"),
     ("+model.memroy.tau=5", "model.memroy"), ("protocol.val_fraction=0.001", "protocol.val_fraction"),
-    ("protocol.folds=30", "protocol.folds"), ("device=cuda:7", "device"), ("dataset.random_walk=-1", "dataset.random_walk"),
-    ("dataset.random_walk=65", "dataset.random_walk")])
+    ("protocol.folds=30", "protocol.folds"), ("device=cuda:7", "device"),
+    ("dataset.random_walk=-1", "dataset.random_walk"), ("dataset.random_walk=65", "dataset.random_walk")])
 def test_impossible_settings_are_refused_by_key_before_any_folder(override, key, tmp_path, data_env):
     if override.startswith("device") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has that GPU")

@@ -17,6 +17,7 @@ from torch import Tensor
 from mempool_cli.config import DataSpec, default_data_root, default_data_source
 from mempool_cli.data.batching import GraphBatch, GraphLoader
 from mempool_cli.data.features import GraphSet, featurize, fit_feature_stats, resolve_recipe, vocabulary
+from mempool_cli.data.random_walk import return_probabilities
 from mempool_cli.data.source import NO_LABEL, SourceGraphs
 from mempool_cli.data.splits import check_same_data, labels_hash
 from mempool_cli.errors import DataError
@@ -44,11 +45,13 @@ def read_source(spec: DataSpec, labelled: bool = True) -> SourceGraphs:
 
 @dataclass
 class Dataset:
-    """A loaded dataset: its spec, its source graphs and the feature recipe resolved for them."""
+    """A loaded dataset: its spec, its source graphs, the feature recipe resolved for them and the recipe's
+    random-walk features (computed once: they need no statistics, so every fold shares them)."""
 
     spec: DataSpec
     source: SourceGraphs
     recipe: dict[str, Any]
+    walks: Optional[Tensor] = None
 
     @classmethod
     def load(cls, spec: DataSpec) -> "Dataset":
@@ -56,7 +59,9 @@ class Dataset:
         source = read_source(spec)
         if not source.labelled:
             raise DataError(f"{source.name}: training needs a label for every graph")
-        return cls(spec, source, resolve_recipe(source, spec.recipe()))
+        recipe = resolve_recipe(source, spec.recipe())
+        walks = return_probabilities(source.graphs, recipe["random_walk"]) if recipe["random_walk"] else None
+        return cls(spec, source, recipe, walks)
 
     @property
     def name(self) -> str:
@@ -72,7 +77,7 @@ class Dataset:
 
     def featurize(self, stats: Mapping[str, list]) -> GraphSet:
         """Every graph with the recipe's node features, standardised with ``stats``."""
-        return featurize(self.source, self.recipe, stats)
+        return featurize(self.source, self.recipe, stats, walks=self.walks)
 
     def describe(self, graphs: GraphSet, stats: Mapping[str, list]) -> dict[str, Any]:
         """What a checkpoint records to featurise graphs the same way and to recognise this data again."""

@@ -113,8 +113,9 @@ def _degrees(source: SourceGraphs, counts: list[int], max_degree: int) -> Tensor
 
 
 def featurize(source: SourceGraphs, recipe: Mapping[str, Any], stats: Mapping[str, list],
-              num_classes: Optional[int] = None) -> GraphSet:
-    """Apply the (resolved) feature recipe with fitted ``stats`` to every graph of ``source`` (all nodes at once)."""
+              num_classes: Optional[int] = None, walks: Optional[Tensor] = None) -> GraphSet:
+    """Apply the (resolved) feature recipe with fitted ``stats`` to every graph of ``source`` (all nodes at once);
+    ``walks``: the recipe's random-walk return probabilities where already computed."""
     width = len(stats["mean"])
     if recipe["node_attributes"] and len(source.attr_names) != width:
         raise DataError(f"the input has {len(source.attr_names)} continuous node attributes; the model was trained "
@@ -133,7 +134,7 @@ def featurize(source: SourceGraphs, recipe: Mapping[str, Any], stats: Mapping[st
     if recipe["degree"] == "onehot":
         parts.append(_degrees(source, counts, recipe["max_degree"]))
     if recipe["random_walk"]:
-        parts.append(return_probabilities(source.graphs, recipe["random_walk"]))
+        parts.append(walks if walks is not None else return_probabilities(source.graphs, recipe["random_walk"]))
     x = torch.cat(parts, dim=1).float() if parts else torch.ones(sum(counts), 1)
     edge_attr = edges(torch.cat([g.edge_cat for g in source.graphs])).split(
         [g.edge_cat.size(0) for g in source.graphs]) if source.edge_names else [None] * len(counts)
