@@ -69,7 +69,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: Optional[st
     model = model_of(checkpoint, path).to(torch_device)
     graphs = data.from_checkpoint(info, root, data_path)
     check_split(checkpoint["split"], len(graphs), f"the split in {path}")
-    loader = data.make_loader(graphs, checkpoint["split"][split], train_cfg.batch_size)
+    loader = data.make_eval_loader(graphs, checkpoint["split"][split])
     result = evaluate(model, loader, torch_device, train_cfg.kl_weight)
     recorded = checkpoint["metrics"].get(f"{split}_acc")
     return {

@@ -13,19 +13,16 @@ from torch import Tensor, nn
 
 from mempool_cli import config
 from mempool_cli.config import ModelSpec, registry
-from mempool_cli.nn import FastGINConv, MemPooling, leaky_relu_dropout, residual_relu_dropout
-
-
-def _mlp(hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+from mempool_cli.nn import (FastBatchNorm1d, FastGINConv, GINMLP, MemPooling, leaky_relu_dropout,
+                            residual_relu_dropout)
 
 
 # each builder: (hidden, edge feature count) -> conv; only gine reads edge features
-CONVS = registry(config.ENCODERS, gin=lambda hidden, _: FastGINConv(_mlp(hidden), train_eps=True),
-                 gine=lambda hidden, edges: pyg_nn.GINEConv(_mlp(hidden), train_eps=True, edge_dim=edges),
+CONVS = registry(config.ENCODERS, gin=lambda hidden, _: FastGINConv(GINMLP(hidden), train_eps=True),
+                 gine=lambda hidden, edges: pyg_nn.GINEConv(GINMLP(hidden), train_eps=True, edge_dim=edges),
                  gcn=lambda hidden, _: pyg_nn.GCNConv(hidden, hidden),
                  gat=lambda hidden, _: pyg_nn.GATConv(hidden, hidden, heads=4, concat=False))
-NORMS = registry(config.NORMS, batch=nn.BatchNorm1d, layer=nn.LayerNorm, none=lambda hidden: nn.Identity())
+NORMS = registry(config.NORMS, batch=FastBatchNorm1d, layer=nn.LayerNorm, none=lambda hidden: nn.Identity())
 MEMORY_LAYERS = registry(config.MEMORY_IMPLS, fast=MemPooling, pyg=pyg_nn.MemPooling)
 # the structure-agnostic path beside the memory: the input features pooled over each graph
 READOUTS = registry(config.READOUTS, none=(), sum=(pyg_nn.global_add_pool,), mean=(pyg_nn.global_mean_pool,),
@@ -79,7 +76,7 @@ class MemGNN(nn.Module):
         self.memory = nn.ModuleList(
             memory_layer(sizes[i], sizes[i + 1], heads[i], clusters[i], tau[i]) for i in range(len(clusters))
         )
-        self.memory_bn = nn.BatchNorm1d(hidden, affine=False) if memory_norm == "batch" else None
+        self.memory_bn = FastBatchNorm1d(hidden, affine=False) if memory_norm == "batch" else None
         if head_init is not None:
             for layer in self.memory:
                 nn.init.constant_(layer.conv.weight, head_init)

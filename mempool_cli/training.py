@@ -10,7 +10,7 @@ from torch_geometric.data import Batch
 from mempool_cli.artifacts import HISTORY, METRICS, TENSORBOARD, write_json
 from mempool_cli.callbacks import Checkpointer, EpochLog, HistoryLogger, TensorBoardLogger
 from mempool_cli.config import RunSpec, result_settings
-from mempool_cli.data import Dataset, GraphSet, make_loader
+from mempool_cli.data import Dataset, GraphSet, make_eval_loader, make_loader
 from mempool_cli.device import pick_device, seed_everything
 from mempool_cli.engine import evaluate, memory_stats
 from mempool_cli.loop import Callback, EarlyStopping, TrainState, fit
@@ -27,7 +27,7 @@ def _final_metrics(spec: RunSpec, name: str, state: TrainState, graphs: GraphSet
                    split: dict[str, list[int]], device: torch.device) -> dict[str, Any]:
     """Accuracy and loss of the best-validation weights on each part of the split."""
     state.model.load_state_dict(state.best_model_state)
-    loaders = {part: make_loader(graphs, split[part], spec.train.batch_size) for part in PARTS}
+    loaders = {part: make_eval_loader(graphs, split[part]) for part in PARTS}
     results = {part: evaluate(state.model, loader, device, spec.train.kl_weight) for part, loader in loaders.items()}
     memory = memory_stats(state.model, loaders["test"], device)
     return {
@@ -69,7 +69,7 @@ def train_split(spec: RunSpec, run_dir: Path, dataset: Dataset, split: dict[str,
         sample = Batch.from_data_list([graphs.graphs[i] for i in split["train"][:KEY_INIT_GRAPHS]]).to(device)
         model.init_keys(sample.x, sample.edge_index, sample.edge_attr, seed=spec.seed)
     train_loader = make_loader(graphs, split["train"], spec.train.batch_size, shuffle=True, generator=state.generator)
-    val_loader = make_loader(graphs, split["val"], spec.train.batch_size)
+    val_loader = make_eval_loader(graphs, split["val"])
     base = {"model_args": spec.model.model_args(graphs.num_features, graphs.num_classes, graphs.num_edge_features),
             "config": spec.config,
             "dataset": dataset.describe(graphs, stats), "split": split, "split_meta": split_meta}

@@ -85,6 +85,8 @@ class Side:
         batch = spec.train.batch_size
         self.loaders = {part: data.make_loader(graphs, index, batch, shuffle=part == "train",
                                                generator=self.state.generator) for part, index in self.split.items()}
+        if hasattr(data, "make_eval_loader"):  # since 2026-12-08 evaluation takes larger batches than training
+            self.loaders.update({part: data.make_eval_loader(graphs, self.split[part]) for part in ("val", "test")})
         self.rng = torch.get_rng_state()
 
     def epoch(self) -> None:

@@ -1,9 +1,12 @@
 """The faster paths of a training epoch compute what the slower ones did: batches gathered from packed tensors
-equal PyG's collation, the cheap dropout mask is dropout, the compiled GIN aggregation, residual step and memory
-output step give the same bits as the operations they replace, the optimiser step is fused."""
+equal PyG's collation, the cheap dropout mask is dropout, the compiled residual step and memory output step give
+the same bits as the operations they replace, the compiled GIN aggregation and batch norm the same values within
+float rounding, evaluation batches the same results as training's, the optimiser step is fused."""
 from __future__ import annotations
 
 import copy
+import re
+from typing import Optional
 
 import pytest
 import torch
@@ -16,13 +19,31 @@ from mempool_cli import model as model_module
 from mempool_cli.data import GraphLoader
 from mempool_cli.engine import train_epoch
 from mempool_cli.loop import TrainState
-from mempool_cli.model import MemGNN, _mlp
-from mempool_cli.nn import FastGINConv, dropout, kernels, leaky_relu_dropout, residual_relu_dropout
+from mempool_cli.model import MemGNN
+from mempool_cli.nn import (FastBatchNorm1d, FastGINConv, GINMLP, dropout, kernels, leaky_relu_dropout,
+                            residual_relu_dropout)
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     """A float tensor's bit patterns (so that NaN equals NaN and -0 differs from 0)."""
     return t.view({torch.float32: torch.int32, torch.float64: torch.int64}[t.dtype])
+
+
+def assert_rounding_apart(ours: torch.Tensor, ref: torch.Tensor, tolerance: float = 1e-6,
+                          scale: Optional[torch.Tensor] = None) -> None:
+    """``ours`` equals ``ref`` within ``tolerance`` (float32; 1e-12 for float64) of ``scale``'s largest entry
+    (default: ``ref``'s own)."""
+    tolerance = tolerance if ref.dtype == torch.float32 else 1e-12
+    scale = (ref if scale is None else scale).abs().max()
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype
+    assert (ours - ref).abs().max() <= tolerance * scale, ((ours - ref).abs().max(), scale)
+
+
+def plain_mlp(mlp: GINMLP) -> torch.nn.Sequential:
+    """GIN's MLP of torch's own layers, with ``mlp``'s parameters and statistics."""
+    norm = torch.nn.BatchNorm1d(mlp[1].num_features).to(mlp[0].weight.dtype)
+    norm.load_state_dict(mlp[1].state_dict())
+    return torch.nn.Sequential(mlp[0], norm, torch.nn.ReLU(), mlp[3])
 
 
 def graphs(with_edge_attr: bool, count: int = 23) -> list[Data]:
@@ -63,6 +84,40 @@ def test_shuffled_batches_are_a_seeded_permutation():
     assert torch.equal(again.x, first.x) and torch.equal(again.edge_index, first.edge_index)
 
 
+def test_node_budget_cuts_batches_without_reordering():
+    data = graphs(False)
+    nodes = [g.num_nodes for g in data]
+    loader = GraphLoader(data, batch_size=len(data), max_nodes=12)
+    batches = list(loader)
+    assert len(batches) == len(loader) > 1
+    assert torch.equal(torch.cat([b.y for b in batches]), torch.cat([g.y for g in data]))
+    sizes = [b.x.size(0) for b in batches]
+    assert sum(sizes) == sum(nodes) and all(size <= 12 for size in sizes)
+    # each cut is needed: the next graph would not have fitted
+    first_graphs = torch.cumsum(torch.tensor([b.num_graphs for b in batches]), 0)[:-1].tolist()
+    assert all(size + nodes[first] > 12 for size, first in zip(sizes, first_graphs))
+    one_each = GraphLoader(data, batch_size=len(data), max_nodes=1)
+    assert [b.num_graphs for b in one_each] == [1] * len(data)  # a graph above the budget is a batch of its own
+
+
+def test_evaluation_batches_give_trainings_results(implementation):
+    """Evaluation in batches of up to EVAL_NODES nodes predicts what batches of 8 graphs predict, with the same
+    loss within float rounding."""
+    from mempool_cli.data import make_eval_loader
+    from mempool_cli.data.features import GraphSet
+    from mempool_cli.engine import evaluate
+
+    torch.manual_seed(0)
+    model = MemGNN(4, 3, hidden=16, clusters=(4, 1), heads=(3, 2), tau=(30.0, 30.0), readout="sum")
+    data = graphs(False, count=40)
+    graph_set = GraphSet("synthetic", data, torch.cat([g.y for g in data]), num_features=4, num_classes=3)
+    large = make_eval_loader(graph_set, list(range(40)))
+    assert len(large) == 1
+    results = [evaluate(model, loader, torch.device("cpu")) for loader in (GraphLoader(data, 8), large)]
+    assert torch.equal(results[0]["pred"], results[1]["pred"]) and results[0]["acc"] == results[1]["acc"]
+    assert abs(results[0]["loss"] - results[1]["loss"]) <= 1e-6 * abs(results[0]["loss"])
+
+
 def test_dropout_keeps_the_expectation_and_drops_its_share():
     torch.manual_seed(0)
     x = torch.rand(500_000) + 0.5
@@ -96,18 +151,19 @@ def test_the_optimiser_step_is_fused_on_the_cpu():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gin_aggregation_gives_pygs_bits(implementation, dtype, threads):
-    """Outputs and every gradient equal PyG's GINConv to the bit: directed edges, repeated edges, self-loops and
-    nodes without edges included."""
+def test_gin_aggregation_gives_pygs_values(implementation, dtype, threads):
+    """Outputs and every gradient equal PyG's GINConv (with torch's batch norm in its MLP) within float rounding:
+    directed edges, repeated edges, self-loops and nodes without edges included; the same bits at any thread
+    count."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
-        ref = pyg_nn.GINConv(_mlp(32), train_eps=True).to(dtype)
+        ours = FastGINConv(GINMLP(32), train_eps=True).to(dtype)
         with torch.no_grad():
-            ref.eps.fill_(0.3)
-        ours = FastGINConv(_mlp(32), train_eps=True).to(dtype)
-        ours.load_state_dict(ref.state_dict())
+            ours.eps.fill_(0.3)
+        ref = pyg_nn.GINConv(plain_mlp(copy.deepcopy(ours.nn)), train_eps=True).to(dtype)
+        ref.load_state_dict(ours.state_dict())
         generator = torch.Generator().manual_seed(1)
         x = torch.randn(2500, 32, dtype=dtype, generator=generator)  # more rows than a parallel task takes
         edge_index = torch.randint(0, 2400, (2, 10000), generator=generator)  # nodes 2400.. have no edges
@@ -117,12 +173,93 @@ def test_gin_aggregation_gives_pygs_bits(implementation, dtype, threads):
             inputs = x.clone().requires_grad_()
             out = conv(inputs, edge_index)
             out.backward(grad)
-            results.append([out, inputs.grad, conv.eps.grad, *(p.grad for p in conv.nn.parameters())])
-        assert all(torch.equal(a, b) for a, b in zip(*results))
+            results.append({"out": out, "grad x": inputs.grad, "grad eps": conv.eps.grad,
+                            **{f"grad {name}": p.grad for name, p in conv.nn.named_parameters()},
+                            **dict(conv.nn[1].named_buffers())})
+        # what the batch norm takes away is 0 up to rounding: the gradient of the bias before it (on the scale of
+        # the weight's gradient) and, with inputs centred at 0, the mean (on the scale of the spread)
+        scales = {"grad 0.bias": "grad 0.weight", "running_mean": "running_var"}
+        for name, value in results[1].items():
+            assert_rounding_apart(value, results[0][name], scale=results[0][scales.get(name, name)])
         aggregation = FastGINConv(torch.nn.Identity())(x.requires_grad_(), edge_index).grad_fn
-        assert ("NeighbourSumBackward" in str(aggregation.next_functions)) == (implementation == "compiled")
+        assert (type(aggregation).__name__ == "GINAggregationBackward") == (implementation == "compiled")
+        if threads == 2 and implementation == "compiled":  # the same bits as with one thread
+            torch.set_num_threads(1)
+            inputs = x.detach().clone().requires_grad_()
+            ours.zero_grad()
+            copy.deepcopy(ours)(inputs, edge_index).backward(grad)
+            assert torch.equal(inputs.grad, results[1]["grad x"])
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("rows", [2500, 5])  # more rows than a parallel task takes, and few
+def test_batch_norm_gives_torchs_values(implementation, dtype, relu, affine, rows):
+    """FastBatchNorm1d (with the relu after it) trains like torch's BatchNorm1d and relu: outputs, gradients,
+    running statistics and the batch count within float rounding of torch's in float64 (torch's own path: its
+    bits); evaluation gives torch's bits."""
+    torch.manual_seed(0)
+    ours = FastBatchNorm1d(24, affine=affine).to(dtype)
+    if affine:
+        torch.nn.init.normal_(ours.weight)
+        torch.nn.init.normal_(ours.bias)
+    exact = torch.nn.BatchNorm1d(24, affine=affine).double()
+    exact.load_state_dict(ours.state_dict())
+    same = torch.nn.BatchNorm1d(24, affine=affine).to(dtype)
+    same.load_state_dict(ours.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(rows, 24, dtype=dtype, generator=generator) * 3 + 2  # off centre, as a linear layer leaves it
+    grad = torch.randn(rows, 24, dtype=dtype, generator=generator)
+    results = {}
+    for name, norm in (("exact", exact), ("torch", same), ("ours", ours)):
+        inputs = x.clone().to(next(norm.buffers()).dtype).requires_grad_()
+        for _ in range(2):
+            out = norm(inputs, relu=relu) if norm is ours else (F.relu(norm(inputs)) if relu else norm(inputs))
+        out.backward(grad.to(inputs.dtype))
+        results[name] = [out, inputs.grad, *(p.grad for p in norm.parameters()), *norm.buffers()]
+    for a, b, c in zip(results["exact"], results["torch"], results["ours"]):
+        if implementation == "torch" or not c.is_floating_point():  # torch's path, and the batch count
+            assert torch.equal(c, b)
+        else:
+            assert_rounding_apart(c, a.to(dtype))
+    for norm in (same, ours):
+        norm.load_state_dict(same.state_dict())
+        norm.eval()
+    assert torch.equal(ours(x, relu=relu), F.relu(same(x)) if relu else same(x))
+
+
+def test_batch_norm_sums_the_same_at_any_thread_count_and_more_closely_than_torch(implementation):
+    """The compiled batch norm's values do not depend on the thread count, and its statistics (summed in double)
+    are at least as close to float64's as torch's float32 ones."""
+    if implementation != "compiled":
+        return
+    before = torch.get_num_threads()
+    x = torch.randn(9000, 16, generator=torch.Generator().manual_seed(4)) * 5 + 40
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            norm = FastBatchNorm1d(16)
+            inputs = x.clone().requires_grad_()
+            norm(inputs, relu=True).sum().backward()
+            runs.append([inputs.grad, norm.weight.grad, norm.running_mean, norm.running_var])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    torchs, exact = torch.nn.BatchNorm1d(16), torch.nn.BatchNorm1d(16).double()
+    torchs(x), exact(x.double())
+    for name in ("running_mean", "running_var"):
+        truth = getattr(exact, name)
+        ours_error = (runs[0][2 if name == "running_mean" else 3].double() - truth).abs().max()
+        assert ours_error <= (getattr(torchs, name).double() - truth).abs().max()
+
+
+def test_batch_norm_refuses_one_row_in_training_as_torch_does(implementation):
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        FastBatchNorm1d(3)(torch.randn(1, 3), relu=True)
 
 
 def test_gin_aggregation_refuses_edges_outside_the_graph(implementation):
@@ -176,18 +313,27 @@ def test_memory_output_step_gives_the_bits_of_its_operations(implementation, dty
     assert torch.equal(bits(leaky_relu_dropout(h, 0.0)), bits(F.leaky_relu(h)))
 
 
-def test_training_gives_the_same_bits_as_pygs_gin_and_plain_operations(monkeypatch):
-    """Two epochs of a model with the compiled encoder kernels and of its copy with PyG's GINConv and the plain
-    residual and memory output steps end on the same parameters, bit for bit: the gradients meeting at a node add up in the same
-    order as before."""
+def plain_norm(norm: torch.nn.Module) -> torch.nn.BatchNorm1d:
+    """torch's batch norm with ``norm``'s parameters and statistics."""
+    plain = torch.nn.BatchNorm1d(norm.num_features, affine=norm.affine)
+    plain.load_state_dict(norm.state_dict())
+    return plain
+
+
+def test_training_follows_pygs_gin_and_plain_operations(monkeypatch):
+    """Two epochs of a model with the compiled encoder kernels and of its copy with PyG's GINConv, torch's batch
+    norms and the plain residual and memory output steps end on the same parameters, running statistics and
+    predictions within float rounding (the two draw the same dropout masks)."""
     assert kernels.cpu_kernels() is not None
     torch.manual_seed(0)
     fast = MemGNN(4, 3, hidden=16, clusters=(4, 1), heads=(3, 2), tau=(30.0, 30.0), memory_norm="batch",
                   readout="sum", dropout=0.5)
     slow = copy.deepcopy(fast)
     for i, conv in enumerate(slow.convs):
-        slow.convs[i] = pyg_nn.GINConv(conv.nn, train_eps=True)  # which resets the weights: restored below
+        slow.convs[i] = pyg_nn.GINConv(plain_mlp(conv.nn), train_eps=True)  # which resets eps: restored below
         slow.convs[i].load_state_dict(fast.convs[i].state_dict())
+        slow.norms[i] = plain_norm(slow.norms[i])
+    slow.memory_bn = plain_norm(slow.memory_bn)
     data = graphs(False, count=40)
     plain = (lambda x, h, p, t: x + dropout(F.relu(h), p, t), lambda h, p, t: dropout(F.leaky_relu(h), p, t))
     for model, (residual, output) in ((fast, (residual_relu_dropout, leaky_relu_dropout)), (slow, plain)):
@@ -199,7 +345,22 @@ def test_training_gives_the_same_bits_as_pygs_gin_and_plain_operations(monkeypat
         for _ in range(2):
             train_epoch(model, loader, optimizer, torch.device("cpu"))
     assert type(fast.convs[0]) is FastGINConv and type(slow.convs[0]) is pyg_nn.GINConv
-    assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), slow.state_dict().values()))
+    assert type(fast.norms[0]) is FastBatchNorm1d and type(slow.norms[0]) is torch.nn.BatchNorm1d
+    # a bias that feeds a batch norm changes nothing but the norm's running mean (the norm takes the mean away): its
+    # gradient is rounding, which Adam scales up to whole steps, so the rest is compared, and the models' predictions
+    feeds_a_norm = re.compile(r"convs\.\d+\.nn\.([03]\.bias|1\.running_mean)|norms\.\d+\.running_mean")
+    for (name, a), b in zip(fast.state_dict().items(), slow.state_dict().values()):
+        if feeds_a_norm.fullmatch(name):
+            continue
+        if a.is_floating_point():
+            assert_rounding_apart(a, b, 1e-5)
+        else:
+            assert torch.equal(a, b), name  # batches counted
+    batch, logits = next(iter(GraphLoader(data, batch_size=40))), []
+    for model in (fast, slow):  # with the batch's statistics (the running means lag behind the biases) and no dropout
+        model.dropout = 0.0
+        logits.append(model(batch.x, batch.edge_index, batch.batch, batch.num_graphs)[0])
+    assert_rounding_apart(*logits, 1e-5)
 
 
 def test_a_second_derivative_through_the_compiled_aggregation_is_refused_not_wrong(implementation):

@@ -23,7 +23,9 @@ from mempool_cli.data.splits import check_same_data, labels_hash
 from mempool_cli.errors import DataError
 
 __all__ = ["Dataset", "GraphBatch", "GraphLoader", "GraphSet", "SourceGraphs", "checkpoint_data", "featurize_input",
-           "from_checkpoint", "make_loader", "read_input", "read_source"]
+           "from_checkpoint", "make_eval_loader", "make_loader", "read_input", "read_source"]
+
+EVAL_NODES = 1 << 16  # nodes an evaluation batch holds at most: about 17 MB a [N, 64] float tensor
 
 
 def read_source(spec: DataSpec, labelled: bool = True) -> SourceGraphs:
@@ -187,3 +189,10 @@ def make_loader(graphs: GraphSet, index: list[int], batch_size: int, shuffle: bo
                 generator: Optional[torch.Generator] = None) -> GraphLoader:
     """Batches of the graphs at ``index``; shuffling draws from ``generator``."""
     return GraphLoader([graphs.graphs[i] for i in index], batch_size, shuffle, generator)
+
+
+def make_eval_loader(graphs: GraphSet, index: list[int]) -> GraphLoader:
+    """The graphs at ``index`` in order, for evaluation: batches of up to ``EVAL_NODES`` nodes, so an evaluation
+    pass takes few batches (each batch's results are the same as in smaller batches within float rounding:
+    evaluation treats every graph on its own)."""
+    return GraphLoader([graphs.graphs[i] for i in index], batch_size=max(1, len(index)), max_nodes=EVAL_NODES)

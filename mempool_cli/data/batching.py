@@ -42,11 +42,13 @@ def _rows(starts: Tensor, counts: Tensor) -> Tensor:
 
 
 class GraphLoader:
-    """Batches of ``batch_size`` graphs, in order or shuffled each epoch (one ``randperm`` of ``generator``)."""
+    """Batches of ``batch_size`` graphs, in order or shuffled each epoch (one ``randperm`` of ``generator``); with
+    ``max_nodes``, each batch also holds at most that many nodes (a larger graph is a batch of its own)."""
 
     def __init__(self, graphs: Sequence[Data], batch_size: int, shuffle: bool = False,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, max_nodes: Optional[int] = None):
         self.num_graphs, self.batch_size, self.shuffle, self.generator = len(graphs), batch_size, shuffle, generator
+        self.max_nodes = max_nodes
         self.nodes = torch.tensor([g.num_nodes for g in graphs], dtype=torch.long)
         self.edges = torch.tensor([g.edge_index.size(1) for g in graphs], dtype=torch.long)
         self.node_starts, self.edge_starts = _offsets(self.nodes), _offsets(self.edges)
@@ -57,6 +59,8 @@ class GraphLoader:
         self.y = torch.cat([g.y.view(-1) for g in graphs]) if graphs else torch.zeros(0).long()
 
     def __len__(self) -> int:
+        if self.max_nodes is not None:
+            return len(self._batches(torch.arange(self.num_graphs)))
         return -(-self.num_graphs // self.batch_size)
 
     def __iter__(self) -> Iterator[GraphBatch]:
@@ -64,8 +68,20 @@ class GraphLoader:
             order = torch.randperm(self.num_graphs, generator=self.generator)
         else:
             order = torch.arange(self.num_graphs)
-        for ids in order.split(self.batch_size):
+        for ids in self._batches(order):
             yield self.gather(ids)
+
+    def _batches(self, order: Tensor) -> list[Tensor]:
+        """``order`` cut into batches: runs of ``batch_size`` graphs, cut again where ``max_nodes`` is reached."""
+        if self.max_nodes is None:
+            return list(order.split(self.batch_size))
+        batches, start, nodes = [], 0, 0
+        for i, count in enumerate(self.nodes[order].tolist()):
+            if i > start and (nodes + count > self.max_nodes or i - start == self.batch_size):
+                batches.append(order[start:i])
+                start, nodes = i, 0
+            nodes += count
+        return batches + [order[start:]] if start < len(order) else batches
 
     def gather(self, ids: Tensor) -> GraphBatch:
         """The batch of the graphs at positions ``ids``."""

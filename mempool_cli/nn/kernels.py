@@ -1,6 +1,6 @@
 """Compiled CPU kernels for :class:`~mempool_cli.nn.MemPooling` (``csrc/mem_pool.cpp``),
-:class:`~mempool_cli.nn.FastGINConv` (``csrc/encoder.cpp``) and the dropout steps (``csrc/dropout.cpp``),
-bound to Python in ``csrc/bindings.cpp``.
+:class:`~mempool_cli.nn.FastGINConv` (``csrc/encoder.cpp``), :class:`~mempool_cli.nn.FastBatchNorm1d`
+(``csrc/batch_norm.cpp``) and the dropout steps (``csrc/dropout.cpp``), bound to Python in ``csrc/bindings.cpp``.
 
 Built with PyTorch's extension builder on first use (about 20 s) and cached in
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Where they cannot be built (no C++ compiler or
@@ -15,6 +15,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ from mempool_cli.artifacts import waiting_lock
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).parent / "csrc" / name for name in
-           ("mem_pool.cpp", "encoder.cpp", "dropout.cpp", "bindings.cpp")]
+           ("mem_pool.cpp", "encoder.cpp", "batch_norm.cpp", "dropout.cpp", "bindings.cpp")]
 SWITCH = "MEMPOOL_COMPILED_KERNELS"
 # held while building or loading: PyTorch's own lock file outlives a build that is killed (every later run
 # would wait for it forever); this one is released when its holder exits
@@ -117,20 +118,48 @@ class NodeKL(torch.autograd.Function):
         return cpu_kernels().kl_backward(grad_loss, S, batch, ctx.num_graphs, P, col, log_ratio), None, None
 
 
-class NeighbourSum(torch.autograd.Function):
-    """Each node's sum over its incoming neighbours, ``sum_{j -> i} x_j``, over the CSR ``adjacency`` (compiled,
-    CPU): the same values, to the bit, as PyG's gather and scatter-add."""
+class GINAggregation(torch.autograd.Function):
+    """GIN's aggregation ``sum_{j -> i} x_j + (1 + eps) x_i`` over the CSR ``adjacency`` (compiled, CPU); ``eps``
+    is the convolution's ``[1]`` tensor."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, adjacency: list[Tensor]) -> Tensor:
-        ctx.save_for_backward(*adjacency[2:])
-        return cpu_kernels().neighbour_sum(x.contiguous(), adjacency[0], adjacency[1])
+    def forward(ctx, x: Tensor, adjacency: list[Tensor], eps: Tensor) -> Tensor:
+        x = x.contiguous()
+        ctx.save_for_backward(x, *adjacency[2:])
+        ctx.self_weight = 1.0 + eps.item()
+        return cpu_kernels().neighbour_sum(x, adjacency[0], adjacency[1], ctx.self_weight)
 
     @staticmethod
     @once_differentiable  # the kernel is not differentiable: a second derivative is refused, not wrong
     def backward(ctx, grad: Tensor):
-        ptr_out, targets = ctx.saved_tensors
-        return cpu_kernels().neighbour_sum(grad.contiguous(), ptr_out, targets), None
+        x, ptr_out, targets = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_eps = (grad * x).sum().reshape(1) if ctx.needs_input_grad[2] else None
+        return cpu_kernels().neighbour_sum(grad, ptr_out, targets, ctx.self_weight), None, grad_eps
+
+
+class BatchNormRelu(torch.autograd.Function):
+    """Batch norm of the rows of ``x`` ``[N, C]`` with the batch's statistics, updating ``running_mean`` and
+    ``running_var`` in place, then relu where ``relu`` (compiled, CPU). ``weight`` and ``bias`` may be ``None``
+    (no affine step)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Tensor,
+                running_var: Tensor, momentum: float, eps: float, relu: bool) -> Tensor:
+        x = x.contiguous()
+        out, mean, invstd = cpu_kernels().batch_norm_forward(x, weight, bias, running_mean, running_var, momentum,
+                                                             eps, relu)
+        ctx.save_for_backward(x, out, weight, mean, invstd)
+        ctx.relu = relu
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, out, weight, mean, invstd = ctx.saved_tensors
+        grad_x, grad_w, grad_b = cpu_kernels().batch_norm_backward(grad, x, out, weight, mean, invstd, ctx.relu)
+        affine = ctx.needs_input_grad[1]
+        return grad_x, grad_w if affine else None, grad_b if affine else None, None, None, None, None, None
 
 
 class ResidualReluDropout(torch.autograd.Function):

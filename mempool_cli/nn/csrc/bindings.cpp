@@ -10,6 +10,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("kl_backward", &mempool::kl_backward);
   m.def("adjacency", &mempool::adjacency);
   m.def("neighbour_sum", &mempool::neighbour_sum);
+  m.def("batch_norm_forward", &mempool::batch_norm_forward);
+  m.def("batch_norm_backward", &mempool::batch_norm_backward);
   m.def("residual_relu_dropout", &mempool::residual_relu_dropout);
   m.def("leaky_relu_dropout", &mempool::leaky_relu_dropout);
   m.def("leaky_relu_dropout_backward", &mempool::leaky_relu_dropout_backward);

@@ -1,6 +1,7 @@
-// CPU kernels of the encoder. GIN's sum over each node's neighbours (mempool_cli.nn.FastGINConv) over a CSR
-// adjacency, one pass over the rows instead of PyG's gather of every edge's message and scatter-add (two [E, F]
-// tensors), summed in edge order from zero as the scatter-add sums, so the results are the same to the bit.
+// CPU kernels of the encoder. GIN's aggregation (mempool_cli.nn.FastGINConv), each node's sum over its neighbours
+// plus (1 + eps) times its own row, in one pass over a CSR adjacency instead of PyG's gather of every edge's message,
+// scatter-add (two [E, F] tensors), product and sum; the neighbours are summed in edge order from zero, as the
+// scatter-add sums them.
 #include "kernels.h"
 
 #include <ATen/Dispatch.h>
@@ -49,7 +50,7 @@ std::vector<Tensor> adjacency(const Tensor& edge_index, int64_t num_nodes) {
   return {incoming[0], incoming[1], outgoing[0], outgoing[1]};
 }
 
-Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbours) {
+Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbours, double self_weight) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous CPU [N, F]");
   TORCH_CHECK(ptr.numel() == x.size(0) + 1 && ptr.scalar_type() == at::kLong && ptr.is_contiguous() &&
               neighbours.scalar_type() == at::kLong && neighbours.is_contiguous(),
@@ -61,6 +62,7 @@ Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbour
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "neighbour_sum", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t w = static_cast<scalar_t>(self_weight);
     at::parallel_for(0, N, kRowGrain, [=](int64_t begin, int64_t end) {  // by value: no aliasing
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* o = op + i * F;
@@ -68,6 +70,8 @@ Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbour
           const scalar_t* row = xp + nb[e] * F;
           for (int64_t f = 0; f < F; ++f) o[f] += row[f];
         }
+        const scalar_t* own = xp + i * F;
+        for (int64_t f = 0; f < F; ++f) o[f] += w * own[f];
       }
     });
   });

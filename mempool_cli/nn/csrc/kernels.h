@@ -1,5 +1,5 @@
-// The kernels of mem_pool.cpp, encoder.cpp and dropout.cpp, bound to Python in bindings.cpp. The sources include
-// ATen's own headers, not torch/extension.h: that one header took three quarters of the build's time.
+// The kernels of mem_pool.cpp, encoder.cpp, batch_norm.cpp and dropout.cpp, bound to Python in bindings.cpp. The
+// sources include ATen's own headers, not torch/extension.h: that one header took three quarters of the build's time.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,9 +29,18 @@ Tensor kl_backward(const Tensor& grad_loss, const Tensor& S, const Tensor& batch
 // outgoing ones).
 std::vector<Tensor> adjacency(const Tensor& edge_index, int64_t num_nodes);
 
-// The neighbours' sum out[i] = sum_{e in ptr[i]..ptr[i+1]} x[neighbours[e]], in that order: the forward pass with
-// the incoming CSR, and the gradient of x with the outgoing one.
-Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbours);
+// GIN's aggregation out[i] = sum_{e in ptr[i]..ptr[i+1]} x[neighbours[e]] (in that order) + self_weight * x[i]: the
+// forward pass with the incoming CSR, and the gradient of x with the outgoing one.
+Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbours, double self_weight);
+
+// batch_norm.cpp: batch norm with the batch's statistics, optionally followed by relu, forward and backward
+// (documented at their definitions).
+std::vector<Tensor> batch_norm_forward(const Tensor& x, const std::optional<Tensor>& weight,
+                                       const std::optional<Tensor>& bias, Tensor& running_mean, Tensor& running_var,
+                                       double momentum, double eps, bool relu);
+std::vector<Tensor> batch_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& out,
+                                        const std::optional<Tensor>& weight, const Tensor& mean, const Tensor& invstd,
+                                        bool relu);
 
 // The residual step out = x + relu(h) * mask of inverted dropout, mask = (draws >= threshold ? scale : 0) per
 // element: (out, multiplier), the multiplier (mask where h > 0, else 0) being d out / d h.
