@@ -1,14 +1,13 @@
-// CPU kernels of the encoder. GIN's aggregation (mempool_cli.nn.FastGINConv), each node's sum over its neighbours
-// plus (1 + eps) times its own row, in one pass over a CSR adjacency instead of PyG's gather of every edge's message,
-// scatter-add (two [E, F] tensors), product and sum; the neighbours are summed in edge order from zero, as the
-// scatter-add sums them.
+// CPU kernels of the encoder. GIN's aggregation (mempool_cli.nn.FastGINConv), each node's (1 + eps) times its own
+// row plus its neighbours' rows, in edge order, in one pass over a CSR adjacency instead of PyG's gather of every
+// edge's message, scatter-add (two [E, F] tensors), product and sum.
 #include "kernels.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 
 #include <vector>
 
@@ -56,7 +55,7 @@ Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbour
               neighbours.scalar_type() == at::kLong && neighbours.is_contiguous(),
               "ptr and neighbours must be an adjacency's contiguous int64 [N + 1] and [E]");
   const int64_t N = x.size(0), F = x.size(1);
-  Tensor out = at::zeros_like(x);
+  Tensor out = at::empty_like(x);
   const int64_t* p = ptr.data_ptr<int64_t>();
   const int64_t* nb = neighbours.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "neighbour_sum", [&] {
@@ -66,12 +65,12 @@ Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbour
     at::parallel_for(0, N, kRowGrain, [=](int64_t begin, int64_t end) {  // by value: no aliasing
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* o = op + i * F;
+        const scalar_t* own = xp + i * F;
+        for (int64_t f = 0; f < F; ++f) o[f] = w * own[f];
         for (int64_t e = p[i]; e < p[i + 1]; ++e) {
           const scalar_t* row = xp + nb[e] * F;
           for (int64_t f = 0; f < F; ++f) o[f] += row[f];
         }
-        const scalar_t* own = xp + i * F;
-        for (int64_t f = 0; f < F; ++f) o[f] += w * own[f];
       }
     });
   });

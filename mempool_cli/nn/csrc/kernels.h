@@ -29,7 +29,7 @@ Tensor kl_backward(const Tensor& grad_loss, const Tensor& S, const Tensor& batch
 // outgoing ones).
 std::vector<Tensor> adjacency(const Tensor& edge_index, int64_t num_nodes);
 
-// GIN's aggregation out[i] = sum_{e in ptr[i]..ptr[i+1]} x[neighbours[e]] (in that order) + self_weight * x[i]: the
+// GIN's aggregation out[i] = self_weight * x[i] + sum_{e in ptr[i]..ptr[i+1]} x[neighbours[e]] (in that order): the
 // forward pass with the incoming CSR, and the gradient of x with the outgoing one.
 Tensor neighbour_sum(const Tensor& x, const Tensor& ptr, const Tensor& neighbours, double self_weight);
 
