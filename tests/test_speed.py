@@ -315,7 +315,7 @@ def test_memory_output_step_gives_the_bits_of_its_operations(implementation, dty
 
 def plain_norm(norm: torch.nn.Module) -> torch.nn.BatchNorm1d:
     """torch's batch norm with ``norm``'s parameters and statistics."""
-    plain = torch.nn.BatchNorm1d(norm.num_features, affine=norm.affine)
+    plain = torch.nn.BatchNorm1d(norm.num_features, affine=norm.affine).to(norm.running_mean.dtype)
     plain.load_state_dict(norm.state_dict())
     return plain
 
