@@ -25,7 +25,9 @@ from mempool_cli.errors import DataError
 __all__ = ["Dataset", "GraphBatch", "GraphLoader", "GraphSet", "SourceGraphs", "checkpoint_data", "featurize_input",
            "from_checkpoint", "make_eval_loader", "make_loader", "read_input", "read_source"]
 
-EVAL_NODES = 1 << 16  # nodes an evaluation batch holds at most: about 17 MB a [N, 64] float tensor
+# nodes an evaluation batch holds at most: 4 MB a [N, 64] float tensor, and PyG's padded layer (model.memory.impl=pyg)
+# stays within a few hundred MB on REDDIT-BINARY's largest graphs
+EVAL_NODES = 1 << 14
 
 
 def read_source(spec: DataSpec, labelled: bool = True) -> SourceGraphs:
