@@ -66,6 +66,39 @@ std::vector<int64_t> segment_ptr(const Tensor& batch, int64_t num_graphs) {
   return ptr;
 }
 
+// out[j][f] = sum_{i in [begin, end)} w[j * N + i] * x[i * F + f] for j < J (J weight rows of length N over the
+// rows of x [N, F]), each sum in node order: J rows' sums at a time over two vectors of features, in registers.
+template <typename T, int J>
+void weighted_rows(const T* w, const T* x, int64_t N, int64_t F, int64_t begin, int64_t end, T* out) {
+  using V = at::vec::Vectorized<T>;
+  for (int64_t f = 0; f < F; f += 2 * V::size()) {
+    const int64_t n0 = std::min<int64_t>(V::size(), F - f), n1 = std::max<int64_t>(0, F - f - V::size());
+    V acc[J][2];
+    for (int j = 0; j < J; ++j) acc[j][0] = acc[j][1] = V(0);
+    for (int64_t i = begin; i < end; ++i) {
+      const V x0 = V::loadu(x + i * F + f, n0);
+      const V x1 = n1 > 0 ? V::loadu(x + i * F + f + V::size(), std::min<int64_t>(n1, V::size())) : V(0);
+      for (int j = 0; j < J; ++j) {
+        const V g(w[j * N + i]);
+        acc[j][0] = at::vec::fmadd(g, x0, acc[j][0]);
+        acc[j][1] = at::vec::fmadd(g, x1, acc[j][1]);
+      }
+    }
+    for (int j = 0; j < J; ++j) {
+      acc[j][0].store(out + j * F + f, n0);
+      if (n1 > 0) acc[j][1].store(out + j * F + f + V::size(), std::min<int64_t>(n1, V::size()));
+    }
+  }
+}
+
+// weighted_rows for `rows` weight rows (four at a time), out [rows, F].
+template <typename T>
+void weighted_sums(const T* w, const T* x, int64_t N, int64_t F, int64_t begin, int64_t end, int64_t rows, T* out) {
+  int64_t j = 0;
+  for (; j + 4 <= rows; j += 4) weighted_rows<T, 4>(w + j * N, x, N, F, begin, end, out + j * F);
+  for (; j < rows; ++j) weighted_rows<T, 1>(w + j * N, x, N, F, begin, end, out + j * F);
+}
+
 void check_inputs(const Tensor& x, const Tensor& batch) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous CPU [N, F]");
   TORCH_CHECK(batch.scalar_type() == at::kLong && batch.is_contiguous() && batch.numel() == x.size(0),
@@ -88,7 +121,7 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
   const auto ptr = segment_ptr(batch, num_graphs);
   Tensor inv_d = at::mm(keys, x.t());  // k.x [H*K, N], turned in place into 1 / (tau + ||x - k||^2)
   Tensor S_heads = at::empty_like(inv_d), S_t = at::empty({K, N}, x.options());
-  Tensor pooled = at::zeros({num_graphs, K, F}, x.options());
+  Tensor pooled = at::empty({num_graphs, K, F}, x.options());
   const Tensor key_sq = (keys * keys).sum(1).contiguous(), w_c = w.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "assign_pool_forward", [&] {
     using Vec = at::vec::Vectorized<scalar_t>;
@@ -148,17 +181,7 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
     });
     scalar_t* out = pooled.data_ptr<scalar_t>();
     at::parallel_for(0, num_graphs, kGraphGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) {
-        for (int64_t k = 0; k < K; ++k) {
-          scalar_t* row = out + (g * K + k) * F;
-          for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i) {
-            const scalar_t s = st[k * N + i];
-            const scalar_t* xi = xp + i * F;
-            _Pragma("omp simd")
-            for (int64_t f = 0; f < F; ++f) row[f] += s * xi[f];
-          }
-        }
-      }
+      for (int64_t g = begin; g < end; ++g) weighted_sums(st, xp, N, F, ptr[g], ptr[g + 1], K, out + g * K * F);
     });
   });
   return {pooled, S_t.t().contiguous(), S_t, S_heads, inv_d};
@@ -222,29 +245,6 @@ std::tuple<Tensor, Tensor, Tensor> distance_grad(const Tensor& grad_S, const Ten
 // grad_keys += d||x - k||^2 / dk . gd = 2 k (sum_i gd_ji) - 2 sum_i gd_ji x_i, for gd [H*K, N]. The sums over
 // nodes run in node order within fixed blocks of kNodeGrain nodes, and the blocks' sums are added in block order:
 // the same bits at any thread count (a GEMM may split the nodes among its threads).
-template <typename T, int J>
-void key_block(const T* gd, const T* x, int64_t N, int64_t F, int64_t begin, int64_t end, T* out) {
-  using V = at::vec::Vectorized<T>;
-  for (int64_t f = 0; f < F; f += 2 * V::size()) {
-    const int64_t n0 = std::min<int64_t>(V::size(), F - f), n1 = std::max<int64_t>(0, F - f - V::size());
-    V acc[J][2];
-    for (int j = 0; j < J; ++j) acc[j][0] = acc[j][1] = V(0);
-    for (int64_t i = begin; i < end; ++i) {
-      const V x0 = V::loadu(x + i * F + f, n0);
-      const V x1 = n1 > 0 ? V::loadu(x + i * F + f + V::size(), std::min<int64_t>(n1, V::size())) : V(0);
-      for (int j = 0; j < J; ++j) {
-        const V g(gd[j * N + i]);
-        acc[j][0] = at::vec::fmadd(g, x0, acc[j][0]);
-        acc[j][1] = at::vec::fmadd(g, x1, acc[j][1]);
-      }
-    }
-    for (int j = 0; j < J; ++j) {
-      acc[j][0].store(out + j * F + f, n0);
-      if (n1 > 0) acc[j][1].store(out + j * F + f + V::size(), std::min<int64_t>(n1, V::size()));
-    }
-  }
-}
-
 void add_key_grad(Tensor& grad_keys, const Tensor& gd, const Tensor& x, const Tensor& keys) {
   const int64_t HK = gd.size(0), N = gd.size(1), F = x.size(1);
   const int64_t blocks = std::max<int64_t>(1, (N + kNodeGrain - 1) / kNodeGrain);
@@ -257,13 +257,10 @@ void add_key_grad(Tensor& grad_keys, const Tensor& gd, const Tensor& x, const Te
     at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
       for (int64_t b = first; b < last; ++b) {
         const int64_t begin = b * kNodeGrain, end = std::min(N, begin + kNodeGrain);
-        scalar_t* out = pp + b * HK * F;
-        int64_t j = 0;
-        for (; j + 4 <= HK; j += 4) key_block<scalar_t, 4>(g + j * N, xp, N, F, begin, end, out + j * F);
-        for (; j < HK; ++j) key_block<scalar_t, 1>(g + j * N, xp, N, F, begin, end, out + j * F);
+        weighted_sums(g, xp, N, F, begin, end, HK, pp + b * HK * F);
         scalar_t* total = sp + b * HK;  // zeros: each key's sum in node order, the keys side by side
         for (int64_t i = begin; i < end; ++i)
-          for (j = 0; j < HK; ++j) total[j] += g[j * N + i];
+          for (int64_t j = 0; j < HK; ++j) total[j] += g[j * N + i];
       }
     });
   });
