@@ -33,10 +33,15 @@ SWITCH = "MEMPOOL_COMPILED_KERNELS"
 BUILD_LOCK = ".mempool-build.lock"
 
 # vector instructions to compile for, by what PyTorch found on this CPU; the build is named after them, so
-# machines sharing a cache folder never load a build their CPU cannot run. CPU_CAPABILITY_AVX2 makes ATen's
-# Vectorized math (exp, log, sqrt) use AVX2 and the SLEEF functions inside libtorch; elsewhere it is plain C++.
-AVX2_FLAGS = ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-VECTOR_FLAGS = {"AVX2": AVX2_FLAGS, "AVX512": AVX2_FLAGS}
+# machines sharing a cache folder never load a build their CPU cannot run. CPU_CAPABILITY_AVX2 (AVX512) makes ATen's
+# Vectorized types 8 (16) floats wide and their math (exp, log, sqrt) the SLEEF functions of that width inside
+# libtorch; elsewhere it is plain C++. AVX-512 against AVX2 on an Intel Xeon: the memory layer's forward 470 -> 418 us
+# on a 1300-node batch, a PROTEINS epoch 1.02x-1.03x.
+VECTOR_FLAGS = {
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY=AVX512",
+               "-DCPU_CAPABILITY_AVX512"],
+}
 
 
 @functools.lru_cache(maxsize=None)
