@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -189,6 +190,37 @@ std::vector<Tensor> assign_pool_forward(const Tensor& x, const Tensor& keys, con
 
 namespace {
 
+// One node's share of the pooling's backward, from its graph's pooled gradient rows gp [K, F] and its assignments
+// s[k * stride]: to_x[k] = <gp_k, x_i> and grad_x_i = sum_k s_k gp_k (stored), a chunk of four vectors of features at
+// a time, x_i's chunk and its gradient's in registers.
+template <typename T>
+void pool_backward_node(const T* gp, const T* xi, const T* s, int64_t stride, int64_t K, int64_t F, T* to_x,
+                        T* grad_xi) {
+  using V = at::vec::Vectorized<T>;
+  std::fill(to_x, to_x + K, T(0));
+  for (int64_t c = 0; c < F; c += 4 * V::size()) {
+    V xs[4], gs[4];
+    int64_t n[4];
+    for (int v = 0; v < 4; ++v) {
+      n[v] = std::clamp<int64_t>(F - c - v * V::size(), 0, V::size());
+      xs[v] = n[v] > 0 ? V::loadu(xi + c + v * V::size(), n[v]) : V(0);  // a partial load fills the rest with 0
+      gs[v] = V(0);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const T* row = gp + k * F + c;
+      const V weight(s[k * stride]);
+      V dot(0);
+      for (int v = 0; v < 4 && n[v] > 0; ++v) {
+        const V r = V::loadu(row + v * V::size(), n[v]);
+        dot = at::vec::fmadd(r, xs[v], dot);
+        gs[v] = at::vec::fmadd(weight, r, gs[v]);
+      }
+      to_x[k] += at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, dot);
+    }
+    for (int v = 0; v < 4 && n[v] > 0; ++v) gs[v].store(grad_xi + c + v * V::size(), n[v]);
+  }
+}
+
 // A gradient grad_S [N, K] reaching S through the assignment, taken back to the distances ||x - k||^2: returns
 // (that gradient [H*K, N], its sums over the keys [N], the gradient of the head weights w [H]).
 std::tuple<Tensor, Tensor, Tensor> distance_grad(const Tensor& grad_S, const Tensor& S_t, const Tensor& S_heads,
@@ -295,23 +327,9 @@ std::vector<Tensor> assign_pool_backward(const std::optional<Tensor>& grad_poole
       scalar_t* gsp = to_x.data_ptr<scalar_t>();
       scalar_t* gxp = grad_x.data_ptr<scalar_t>();
       at::parallel_for(0, num_graphs, kGraphGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t g = begin; g < end; ++g) {
-          for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i) {
-            const scalar_t* xi = xp + i * F;
-            scalar_t* gxi = gxp + i * F;
-            for (int64_t k = 0; k < K; ++k) {
-              const scalar_t* row = gpp + (g * K + k) * F;
-              const scalar_t s = st[k * N + i];
-              scalar_t acc = 0;
-              _Pragma("omp simd reduction(+ : acc)")
-              for (int64_t f = 0; f < F; ++f) {
-                acc += row[f] * xi[f];
-                gxi[f] += s * row[f];
-              }
-              gsp[i * K + k] = acc;
-            }
-          }
-        }
+        for (int64_t g = begin; g < end; ++g)
+          for (int64_t i = ptr[g]; i < ptr[g + 1]; ++i)
+            pool_backward_node(gpp + g * K * F, xp + i * F, st + i, N, K, F, gsp + i * K, gxp + i * F);
       });
     });
   }
