@@ -68,27 +68,28 @@ std::vector<int64_t> segment_ptr(const Tensor& batch, int64_t num_graphs) {
 }
 
 // out[j][f] = sum_{i in [begin, end)} w[j * N + i] * x[i * F + f] for j < J (J weight rows of length N over the
-// rows of x [N, F]), each sum in node order: J rows' sums at a time over two vectors of features, in registers.
+// rows of x [N, F]), each sum in node order: J rows' sums at a time over kChunk vectors of features, in registers
+// (four of AVX-512's 32 registers' width, two of AVX2's 16).
 template <typename T, int J>
 void weighted_rows(const T* w, const T* x, int64_t N, int64_t F, int64_t begin, int64_t end, T* out) {
   using V = at::vec::Vectorized<T>;
-  for (int64_t f = 0; f < F; f += 2 * V::size()) {
-    const int64_t n0 = std::min<int64_t>(V::size(), F - f), n1 = std::max<int64_t>(0, F - f - V::size());
-    V acc[J][2];
-    for (int j = 0; j < J; ++j) acc[j][0] = acc[j][1] = V(0);
+  constexpr int kChunk = V::size() * sizeof(T) >= 64 ? 4 : 2;
+  for (int64_t f = 0; f < F; f += kChunk * V::size()) {
+    int64_t n[kChunk];
+    for (int v = 0; v < kChunk; ++v) n[v] = std::clamp<int64_t>(F - f - v * V::size(), 0, V::size());
+    V acc[J][kChunk];
+    for (int j = 0; j < J; ++j)
+      for (int v = 0; v < kChunk; ++v) acc[j][v] = V(0);
     for (int64_t i = begin; i < end; ++i) {
-      const V x0 = V::loadu(x + i * F + f, n0);
-      const V x1 = n1 > 0 ? V::loadu(x + i * F + f + V::size(), std::min<int64_t>(n1, V::size())) : V(0);
+      V xs[kChunk];
+      for (int v = 0; v < kChunk; ++v) xs[v] = n[v] > 0 ? V::loadu(x + i * F + f + v * V::size(), n[v]) : V(0);
       for (int j = 0; j < J; ++j) {
         const V g(w[j * N + i]);
-        acc[j][0] = at::vec::fmadd(g, x0, acc[j][0]);
-        acc[j][1] = at::vec::fmadd(g, x1, acc[j][1]);
+        for (int v = 0; v < kChunk; ++v) acc[j][v] = at::vec::fmadd(g, xs[v], acc[j][v]);
       }
     }
-    for (int j = 0; j < J; ++j) {
-      acc[j][0].store(out + j * F + f, n0);
-      if (n1 > 0) acc[j][1].store(out + j * F + f + V::size(), std::min<int64_t>(n1, V::size()));
-    }
+    for (int j = 0; j < J; ++j)
+      for (int v = 0; v < kChunk && n[v] > 0; ++v) acc[j][v].store(out + j * F + f + v * V::size(), n[v]);
   }
 }
 
