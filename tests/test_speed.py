@@ -257,6 +257,14 @@ def test_batch_norm_sums_the_same_at_any_thread_count_and_more_closely_than_torc
         assert ours_error <= (getattr(torchs, name).double() - truth).abs().max()
 
 
+def test_batch_norm_relu_keeps_nan_as_torch_does(implementation):
+    """A NaN in the input makes its channel NaN after the norm and the relu, as torch's: training that diverges shows."""
+    x = torch.randn(50, 3)
+    x[7, 1] = float("nan")
+    out = FastBatchNorm1d(3)(x, relu=True)
+    assert out[:, 1].isnan().all() and not out[:, [0, 2]].isnan().any()
+
+
 def test_batch_norm_refuses_one_row_in_training_as_torch_does(implementation):
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         FastBatchNorm1d(3)(torch.randn(1, 3), relu=True)

@@ -1,8 +1,9 @@
 // CPU kernels of mempool_cli.nn.FastBatchNorm1d: batch norm of the rows of x [N, C] with the batch's statistics
 // (training), optionally followed by relu, forward and backward in two passes each (one for the per-channel sums,
 // one for the output) instead of torch's batch norm and relu, whose fixed costs were most of their time on a
-// PROTEINS batch. The sums run in double within fixed blocks of kRowGrain rows, the blocks added in order: the same
-// bits at any thread count, and as accurate as torch's (which sums in float).
+// PROTEINS batch. The sums (of x and x^2 in one pass, of the gradient's two terms in another) run in double within
+// fixed blocks of kRowGrain rows, the blocks added in order: the same bits at any thread count, and closer to float64
+// than torch's float sums.
 #include "kernels.h"
 
 #include <ATen/Dispatch.h>
@@ -23,8 +24,8 @@ namespace {
 
 constexpr int64_t kRowGrain = 2048;  // rows per task: a PROTEINS batch stays on one thread (as in encoder.cpp)
 
-// Per-channel sums over the rows of [N, C] data: first[c] = sum_i a(i, c), second[c] = sum_i b(i, c), in double,
-// a block of kRowGrain rows per task, the blocks' sums added in block order.
+// Two per-channel sums over the N rows of [N, C] data, in double: terms(i, first, second) adds row i's terms to
+// both; a block of kRowGrain rows per task, the blocks' sums added in block order. Returns [first..., second...].
 template <typename Terms>
 std::vector<double> channel_sums(int64_t N, int64_t C, const Terms& terms) {
   const int64_t blocks = std::max<int64_t>(1, (N + kRowGrain - 1) / kRowGrain);
@@ -61,13 +62,12 @@ std::vector<T> per_channel(const std::optional<Tensor>& values, int64_t C, T fil
 }  // namespace
 
 // out = relu?((x - mean) * invstd * weight + bias) with the batch's mean and biased variance (weight 1 and bias 0
-// where they are none), and the running statistics updated in place as torch updates them (the unbiased variance,
-// weighted by momentum). Returns (out,
-// mean [C], invstd [C]), the last two for the backward.
+// where they are none; relu keeps NaN, as torch's does), and the running statistics updated in place as torch
+// updates them (the unbiased variance, weighted by momentum). Returns (out, mean [C], invstd [C]), the last two for
+// the backward.
 std::vector<Tensor> batch_norm_forward(const Tensor& x, const std::optional<Tensor>& weight,
-                                       const std::optional<Tensor>& bias,
-                                       Tensor& running_mean, Tensor& running_var, double momentum, double eps,
-                                       bool relu) {
+                                       const std::optional<Tensor>& bias, Tensor& running_mean, Tensor& running_var,
+                                       double momentum, double eps, bool relu) {
   check_rows(x, weight);
   const int64_t N = x.size(0), C = x.size(1);
   Tensor out = at::empty_like(x), mean = at::empty({C}, x.options()), invstd = at::empty({C}, x.options());
@@ -108,7 +108,7 @@ std::vector<Tensor> batch_norm_forward(const Tensor& x, const std::optional<Tens
         _Pragma("omp simd")
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t v = row[c] * al[c] + be[c];
-          o[c] = relu ? (v > 0 ? v : scalar_t(0)) : v;
+          o[c] = relu && v < 0 ? scalar_t(0) : v;
         }
       }
     });
@@ -130,6 +130,8 @@ void relu_passed(const T* grad, const T* out, int64_t n, T* dy) {
   }
 }
 
+// The gradients of x [N, C] (gx), weight and bias (gw, gb) from dy [N, C], that of the normalised output (the
+// relu's output gradient where it passed), with the forward's mean and invstd.
 template <typename T>
 void batch_norm_backward_rows(const T* gp, const T* xp, const T* w, const T* mp, const T* ip, int64_t N, int64_t C,
                               T* gx, T* gw, T* gb) {
