@@ -69,7 +69,7 @@ std::vector<int64_t> segment_ptr(const Tensor& batch, int64_t num_graphs) {
 
 // out[j][f] = sum_{i in [begin, end)} w[j * N + i] * x[i * F + f] for j < J (J weight rows of length N over the
 // rows of x [N, F]), each sum in node order: J rows' sums at a time over kChunk vectors of features, in registers
-// (four of AVX-512's 32 registers' width, two of AVX2's 16).
+// (four vectors where they are AVX-512's, which has 32 registers; two with AVX2's 16).
 template <typename T, int J>
 void weighted_rows(const T* w, const T* x, int64_t N, int64_t F, int64_t begin, int64_t end, T* out) {
   using V = at::vec::Vectorized<T>;
