@@ -1,6 +1,7 @@
 """The ``mempool`` command: Typer in front, Hydra's own runner behind ``train``; known errors become one line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -157,6 +158,31 @@ def _options(
     _debug = _debug or debug
 
 
+@contextlib.contextmanager
+def _interrupt_remembered():
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered (``loop.INTERRUPTED``), so that training stops
+    after the epoch where the autograd engine swallowed the exception raised inside a backward pass."""
+    import signal
+    import threading
+
+    from mempool_cli import loop
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def interrupted(signum, frame):
+        loop.INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    loop.INTERRUPTED.clear()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train_job(cfg) -> float:
     """Hydra's task function: one job of a run or a sweep. Resolves the config once, hands it to the core and
     returns the validation accuracy (for sweepers).
@@ -179,7 +205,8 @@ def train_job(cfg) -> float:
         console.print(f"[bold]mempool[/] {spec.data.name} -> {run_dir}", highlight=False)
         parallel = hydra_cfg.mode == RunMode.MULTIRUN and "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_"))
         job = str(hydra_cfg.job.num) if parallel else None
-        metrics = train(spec, run_dir, progress_factory(console, spec.train.progress, job))
+        with _interrupt_remembered():
+            metrics = train(spec, run_dir, progress_factory(console, spec.train.progress, job))
     except (MempoolError, OSError) as exc:
         if _debug:
             raise
