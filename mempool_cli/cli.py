@@ -160,23 +160,23 @@ def _options(
 
 @contextlib.contextmanager
 def _interrupt_remembered():
-    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered (``loop.INTERRUPTED``), so that training stops
-    after the epoch where the autograd engine swallowed the exception raised inside a backward pass."""
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered (``engine.INTERRUPTED``), so that training
+    stops at the next batch where the autograd engine swallowed the exception raised inside a backward pass."""
     import signal
     import threading
 
-    from mempool_cli import loop
+    from mempool_cli import engine
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
 
     def interrupted(signum, frame):
-        loop.INTERRUPTED.set()
+        engine.INTERRUPTED.set()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, interrupted)
-    loop.INTERRUPTED.clear()
+    engine.INTERRUPTED.clear()
     try:
         yield
     finally:

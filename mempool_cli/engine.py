@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -12,6 +13,9 @@ from mempool_cli.data.batching import GraphLoader
 from mempool_cli.model import MemGNN
 
 BatchCallback = Callable[[int, float], None]
+# set by a Ctrl-C (the CLI's handler): training stops at the next batch even where PyTorch's autograd engine swallowed
+# the KeyboardInterrupt that the handler raised inside a backward pass (seen with Python-defined backward functions)
+INTERRUPTED = threading.Event()
 
 
 def key_counts(S: Tensor) -> Tensor:
@@ -74,6 +78,8 @@ def train_epoch(
             for layer_kl, params in zip(layer_kls, passes[1]):
                 (kl_weight * layer_kl).backward(inputs=params, retain_graph=True)
         optimizer.step()
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt
         n = data.num_graphs
         seen += n
         totals["loss"] += loss.item() * n

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -22,10 +21,6 @@ from mempool_cli.data.batching import GraphLoader
 from mempool_cli.engine import evaluate, train_epoch
 
 log = logging.getLogger(__name__)
-
-# set by a Ctrl-C (the CLI's handler): fit stops after the epoch even where PyTorch's autograd engine swallowed the
-# KeyboardInterrupt that the handler raised inside a backward pass (seen with Python-defined backward functions)
-INTERRUPTED = threading.Event()
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam/AdamW step
 OPTIMIZERS = registry(config.OPTIMIZERS, adam=torch.optim.Adam, adamw=torch.optim.AdamW)
@@ -192,8 +187,6 @@ def fit(state: TrainState, train_loader: GraphLoader, val_loader: GraphLoader, s
             state.history.append({"epoch": state.epoch, **stats})
             for callback in callbacks:
                 callback.on_epoch_end(state, stats)
-            if INTERRUPTED.is_set():
-                raise KeyboardInterrupt
     finally:
         for callback in callbacks:
             callback.on_fit_end(state)

@@ -397,8 +397,8 @@ def test_a_kernel_build_killed_midway_does_not_hang_later_runs(tmp_path):
 
 def test_a_swallowed_interrupt_stops_training_after_the_epoch():
     """PyTorch's autograd engine can swallow the KeyboardInterrupt that a Ctrl-C raises inside a backward pass (seen
-    in CI: training went on); the CLI's handler also remembers the interrupt, and fit stops after that epoch."""
-    from mempool_cli import loop
+    in CI: training went on); the CLI's handler also remembers the interrupt, and training stops at the next batch."""
+    from mempool_cli import engine, loop
     from mempool_cli.config import OptimSpec, TrainSpec
     from mempool_cli.data import GraphLoader
     from mempool_cli.model import MemGNN
@@ -407,10 +407,10 @@ def test_a_swallowed_interrupt_stops_training_after_the_epoch():
     model = MemGNN(4, 3, hidden=8, clusters=(2, 1), heads=(1, 1), tau=(1.0, 1.0))
     state = loop.TrainState.create(model, OptimSpec(), epochs=5, seed=0)
     loader = GraphLoader(graphs(False, count=16), batch_size=8)
-    loop.INTERRUPTED.set()
+    engine.INTERRUPTED.set()
     try:
         with pytest.raises(KeyboardInterrupt):
             loop.fit(state, loader, loader, TrainSpec(epochs=5), torch.device("cpu"), [])
     finally:
-        loop.INTERRUPTED.clear()
+        engine.INTERRUPTED.clear()
     assert state.epoch == 1
